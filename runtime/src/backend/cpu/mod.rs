@@ -1,0 +1,199 @@
+//! The reference backend: plain, correct, reasonably fast. f32 activations and accumulation, weights converted
+//! from their stored dtype band by band, SIMD sgemm (matrixmultiply) and rayon.
+mod attention;
+mod matmul;
+mod moe;
+
+use rayon::prelude::*;
+
+pub use attention::CpuKvCache;
+pub use matmul::CpuLinear;
+pub use moe::CpuExperts;
+
+use super::{AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, MlpSource, Rope};
+use crate::{weights::HostTensor, Error, Result};
+
+/// A row-major [rows, cols] f32 matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuTensor {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<f32>,
+}
+
+impl CpuTensor {
+    pub fn zeros(rows: usize, cols: usize) -> Self {
+        CpuTensor { rows, cols, data: vec![0.0; rows * cols] }
+    }
+
+    pub fn from_vec(rows: usize, cols: usize, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), rows * cols, "tensor data does not match its shape");
+        CpuTensor { rows, cols, data }
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
+        &mut self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    pub fn select_rows(&self, rows: &[usize]) -> CpuTensor {
+        let mut data = Vec::with_capacity(rows.len() * self.cols);
+        rows.iter().for_each(|&r| data.extend_from_slice(self.row(r)));
+        CpuTensor { rows: rows.len(), cols: self.cols, data }
+    }
+}
+
+/// SwiGLU MLP: gate and up rows stacked in one linear.
+pub struct CpuMlp {
+    gate_up: CpuLinear,
+    down: CpuLinear,
+}
+
+impl CpuMlp {
+    pub fn new(src: &MlpSource) -> Result<Self> {
+        let gate_up = CpuLinear::new(&src.gate_up)?;
+        let down = CpuLinear::new(std::slice::from_ref(&src.down))?;
+        if gate_up.out_features != 2 * down.in_features {
+            return Err(Error::InvalidInput(format!(
+                "MLP gate+up has {} rows but down_proj takes {} inputs",
+                gate_up.out_features, down.in_features
+            )));
+        }
+        Ok(CpuMlp { gate_up, down })
+    }
+
+    pub fn forward(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let gu = self.gate_up.forward(x)?;
+        let inter = self.down.in_features;
+        let mut h = CpuTensor::zeros(x.rows, inter);
+        h.data.par_chunks_mut(inter).zip(gu.data.par_chunks(2 * inter)).for_each(|(h, gu)| {
+            let (g, u) = gu.split_at(inter);
+            h.iter_mut().zip(g.iter().zip(u)).for_each(|(h, (&g, &u))| *h = g / (1.0 + (-g).exp()) * u);
+        });
+        self.down.forward(&h)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuBackend;
+
+fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_sq = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (mean_sq + eps).sqrt();
+    out.iter_mut().zip(x.iter().zip(w)).for_each(|(o, (x, w))| *o = w * (x * inv));
+}
+
+fn check_width(x: &CpuTensor, w: &[f32]) -> Result<()> {
+    if x.cols != w.len() {
+        return Err(Error::InvalidInput(format!("norm of width {} applied to {} features", w.len(), x.cols)));
+    }
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Vector = Vec<f32>;
+    type Linear = CpuLinear;
+    type Mlp = CpuMlp;
+    type Experts = CpuExperts;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn vector(&self, t: &HostTensor) -> Result<Vec<f32>> {
+        t.to_f32_vec()
+    }
+
+    fn linear(&self, parts: &[crate::weights::LinearSource]) -> Result<CpuLinear> {
+        CpuLinear::new(parts)
+    }
+
+    fn mlp(&self, src: &MlpSource) -> Result<CpuMlp> {
+        CpuMlp::new(src)
+    }
+
+    fn experts(&self, src: &ExpertsSource) -> Result<CpuExperts> {
+        CpuExperts::new(src)
+    }
+
+    fn kv_cache(&self, spec: &KvCacheSpec) -> Result<CpuKvCache> {
+        Ok(CpuKvCache::new(spec))
+    }
+
+    fn embed(&self, table: &CpuLinear, ids: &[u32]) -> Result<CpuTensor> {
+        let cols = table.in_features;
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= table.out_features) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                table.out_features
+            )));
+        }
+        let mut x = CpuTensor::zeros(ids.len(), cols);
+        x.data.par_chunks_mut(cols).zip(ids.par_iter()).for_each(|(row, &id)| table.row(id as usize, row));
+        Ok(x)
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, w: &Vec<f32>, eps: f32) -> Result<CpuTensor> {
+        check_width(x, w)?;
+        let mut out = CpuTensor::zeros(x.rows, x.cols);
+        out.data.par_chunks_mut(x.cols).zip(x.data.par_chunks(x.cols)).for_each(|(o, x)| rms_norm_row(x, w, eps, o));
+        Ok(out)
+    }
+
+    fn add_rms_norm(&self, residual: &mut CpuTensor, delta: &CpuTensor, w: &Vec<f32>, eps: f32) -> Result<CpuTensor> {
+        check_width(residual, w)?;
+        if residual.rows != delta.rows || residual.cols != delta.cols {
+            return Err(Error::InvalidInput("residual and delta shapes differ".into()));
+        }
+        let cols = residual.cols;
+        let mut out = CpuTensor::zeros(residual.rows, cols);
+        out.data
+            .par_chunks_mut(cols)
+            .zip(residual.data.par_chunks_mut(cols).zip(delta.data.par_chunks(cols)))
+            .for_each(|(o, (r, d))| {
+                r.iter_mut().zip(d).for_each(|(r, d)| *r += d);
+                rms_norm_row(r, w, eps, o);
+            });
+        Ok(out)
+    }
+
+    fn linear_forward(&self, x: &CpuTensor, w: &CpuLinear) -> Result<CpuTensor> {
+        w.forward(x)
+    }
+
+    fn mlp_forward(&self, x: &CpuTensor, mlp: &CpuMlp) -> Result<CpuTensor> {
+        mlp.forward(x)
+    }
+
+    fn moe_forward(&self, x: &CpuTensor, experts: &CpuExperts) -> Result<CpuTensor> {
+        experts.forward(x)
+    }
+
+    fn attention(
+        &self,
+        qkv: &CpuTensor,
+        shape: &AttentionShape,
+        rope: &Rope,
+        batch: &ForwardBatch,
+        cache: &mut CpuKvCache,
+        layer: usize,
+    ) -> Result<CpuTensor> {
+        attention::attention(qkv, shape, rope, batch, cache, layer)
+    }
+
+    fn select_rows(&self, x: &CpuTensor, rows: &[usize]) -> Result<CpuTensor> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= x.rows) {
+            return Err(Error::InvalidInput(format!("row {bad} of a {}-row tensor", x.rows)));
+        }
+        Ok(x.select_rows(rows))
+    }
+
+    fn to_host(&self, x: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(x.data.clone())
+    }
+}

@@ -1,0 +1,155 @@
+//! The backend boundary. The model graph (`crate::model`) is written once against [`Backend`]; a backend implements
+//! coarse, fusable operations (fused add+RMSNorm, a linear of stacked checkpoint tensors, rotary + KV-cache write +
+//! paged attention, the whole MoE block) rather than scalar ones, so that GPU backends can fuse freely.
+//! [`cpu::CpuBackend`] is the reference every other backend is checked against.
+pub mod cpu;
+mod rope;
+
+use std::ops::Range;
+
+pub use cpu::CpuBackend;
+pub use rope::Rope;
+
+use crate::{
+    weights::{HostTensor, LinearSource},
+    Result,
+};
+
+/// Heads of one attention layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Softmax scale, 1/sqrt(head_dim) for GLM-V.
+    pub scale: f32,
+}
+
+impl AttentionShape {
+    pub fn q_width(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    pub fn kv_width(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+/// Sigmoid routing with a correction bias and group-limited top-k (GLM-4.5V's router).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Routing {
+    pub top_k: usize,
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub norm_topk_prob: bool,
+    pub routed_scaling_factor: f32,
+}
+
+/// A SwiGLU MLP: `down(silu(gate(x)) * up(x))`. `gate_up` stacks the gate rows then the up rows, from one fused
+/// checkpoint tensor or from two.
+pub struct MlpSource {
+    pub gate_up: Vec<LinearSource>,
+    pub down: LinearSource,
+}
+
+/// One MoE block: router, routed experts and the (ungated) shared expert.
+pub struct ExpertsSource {
+    /// [n_experts, hidden]
+    pub router: HostTensor,
+    /// [n_experts], added to the sigmoid scores for choosing experts only.
+    pub correction_bias: Option<HostTensor>,
+    pub experts: Vec<MlpSource>,
+    pub shared: Option<MlpSource>,
+    pub routing: Routing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KvCacheSpec {
+    pub num_layers: usize,
+    pub num_blocks: usize,
+    /// Tokens per block.
+    pub block_size: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// The tokens of one sequence inside a forward batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqSpan {
+    /// Rows of this sequence in the flattened batch.
+    pub rows: Range<usize>,
+    /// Tokens of this sequence already in the KV cache; the span's tokens occupy positions
+    /// `context_len .. context_len + rows.len()` of the sequence.
+    pub context_len: usize,
+    /// KV blocks of the sequence, in order; must cover `context_len + rows.len()` tokens.
+    pub block_table: Vec<u32>,
+}
+
+/// What one forward step computes: token rows of several sequences, each with its 3D (t, h, w) rotary position.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ForwardBatch {
+    pub seqs: Vec<SeqSpan>,
+    /// One (t, h, w) per row; text tokens have t = h = w.
+    pub positions: Vec<[u32; 3]>,
+}
+
+impl ForwardBatch {
+    pub fn num_rows(&self) -> usize {
+        self.positions.len()
+    }
+}
+
+pub trait Backend: Send + Sync {
+    /// Activations: a row-major [rows, cols] matrix on the device.
+    type Tensor: Send;
+    /// A parameter vector (norm weight).
+    type Vector: Send + Sync;
+    /// A linear layer, with its bias if it has one.
+    type Linear: Send + Sync;
+    type Mlp: Send + Sync;
+    type Experts: Send + Sync;
+    type KvCache: Send;
+
+    fn name(&self) -> &'static str;
+
+    // Weight upload.
+    fn vector(&self, t: &HostTensor) -> Result<Self::Vector>;
+    /// One linear layer whose output rows are those of `parts`, stacked in order (q|k|v, gate|up).
+    fn linear(&self, parts: &[LinearSource]) -> Result<Self::Linear>;
+    fn mlp(&self, src: &MlpSource) -> Result<Self::Mlp>;
+    fn experts(&self, src: &ExpertsSource) -> Result<Self::Experts>;
+    fn kv_cache(&self, spec: &KvCacheSpec) -> Result<Self::KvCache>;
+
+    // Operations.
+    /// Rows of an embedding table (a linear's weight, [vocab, hidden]) for each id.
+    fn embed(&self, table: &Self::Linear, ids: &[u32]) -> Result<Self::Tensor>;
+    fn rms_norm(&self, x: &Self::Tensor, w: &Self::Vector, eps: f32) -> Result<Self::Tensor>;
+    /// `residual += delta`, then returns `rms_norm(residual)`.
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Tensor,
+        delta: &Self::Tensor,
+        w: &Self::Vector,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
+    fn linear_forward(&self, x: &Self::Tensor, w: &Self::Linear) -> Result<Self::Tensor>;
+    fn mlp_forward(&self, x: &Self::Tensor, mlp: &Self::Mlp) -> Result<Self::Tensor>;
+    /// The whole MoE block: route, run the chosen experts, combine, add the shared expert.
+    fn moe_forward(&self, x: &Self::Tensor, experts: &Self::Experts) -> Result<Self::Tensor>;
+    /// `qkv` is [rows, q | k | v] after projection and bias. Applies the rotary embedding to q and k, writes k and v
+    /// into `layer` of the cache at each sequence's positions, and returns causal attention over each sequence's
+    /// cached context, [rows, num_heads * head_dim].
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        qkv: &Self::Tensor,
+        shape: &AttentionShape,
+        rope: &Rope,
+        batch: &ForwardBatch,
+        cache: &mut Self::KvCache,
+        layer: usize,
+    ) -> Result<Self::Tensor>;
+    fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+    /// Copies a tensor to the host as row-major f32.
+    fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+}

@@ -1,0 +1,2 @@
+//! The engine core: request scheduling and sampling. Uses only `core` and `alloc` (no_std-friendly).
+pub mod sampler;

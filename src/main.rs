@@ -1,0 +1,175 @@
+//! The `glmv` command line. Thin: parses flags and calls the runtime.
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use clap::{Args, Parser, Subcommand};
+use glmv_runtime::{
+    backend::{Backend as _, CpuBackend},
+    engine::sampler::SamplingParams,
+    pipeline::{GenerateOptions, Pipeline},
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "glmv", version = concat!(env!("CARGO_PKG_VERSION"), " (backends: ", env!("GLMV_BACKENDS"), ")"))]
+#[command(about = "Serve and run GLM-V vision-language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion of a plain prompt.
+    Generate(GenerateArgs),
+    /// Print the logits of every prompt position.
+    Logits(LogitsArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model_path: PathBuf,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt text, tokenised as is (no chat template).
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy. Defaults to generation_config.json's, else 1.0.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Defaults to generation_config.json's, else 1.0.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Defaults to generation_config.json's, else 0 (off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Keep generating past end-of-sequence tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print {"prompt_token_ids", "output_token_ids", "text"} as JSON instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, conflicts_with = "input_ids", required_unless_present = "input_ids")]
+    prompt: Option<String>,
+    /// Comma-separated token ids.
+    #[arg(long, value_delimiter = ',')]
+    input_ids: Option<Vec<u32>>,
+    /// Prefill chunk size in tokens (0: the whole prompt in one step).
+    #[arg(long, default_value_t = 0)]
+    chunk: usize,
+    /// Print {"prompt_token_ids", "logits"} as JSON instead of the top tokens of each position.
+    #[arg(long)]
+    json: bool,
+    /// Without --json: how many top tokens to show per position.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::Logits(args) => logits(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn load(path: &Path) -> Result<Pipeline<CpuBackend>, glmv_runtime::Error> {
+    let start = std::time::Instant::now();
+    let mut progress = |msg: &str| eprintln!("[glmv] {msg}");
+    let pipeline = Pipeline::load(path, CpuBackend, &mut progress)?;
+    eprintln!("[glmv] model ready in {:.2}s on the {} backend", start.elapsed().as_secs_f64(), pipeline.backend.name());
+    Ok(pipeline)
+}
+
+fn generate(args: GenerateArgs) -> CliResult {
+    let p = load(&args.model.model_path)?;
+    let defaults = &p.config.generation;
+    let sampling = SamplingParams {
+        temperature: args.temperature.or(defaults.temperature.map(|t| t as f32)).unwrap_or(1.0),
+        top_p: args.top_p.or(defaults.top_p.map(|t| t as f32)).unwrap_or(1.0),
+        top_k: args.top_k.or(defaults.top_k).unwrap_or(0),
+        seed: args.seed,
+    };
+    let prompt_ids = p.tokenizer.encode(&args.prompt)?;
+    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, ignore_eos: args.ignore_eos };
+    let mut printed = String::new();
+    let mut ids = Vec::new();
+    let mut stdout = std::io::stdout();
+    let output = p.generate(&prompt_ids, &[], &options, &mut |token, _| {
+        if args.json {
+            return;
+        }
+        // Print whatever new text the ids decode to; a partial UTF-8 sequence waits for its next token.
+        ids.push(token);
+        if let Ok(text) = p.tokenizer.decode(&ids, true) {
+            if text.len() > printed.len() && !text.ends_with('\u{fffd}') && text.starts_with(printed.as_str()) {
+                let _ = write!(stdout, "{}", &text[printed.len()..]);
+                let _ = stdout.flush();
+                printed = text;
+            }
+        }
+    })?;
+    let text = p.tokenizer.decode(&output, true)?;
+    if args.json {
+        println!("{}", json!({"prompt_token_ids": prompt_ids, "output_token_ids": output, "text": text}));
+    } else {
+        println!("{}", text.strip_prefix(printed.as_str()).unwrap_or(""));
+    }
+    Ok(())
+}
+
+fn logits(args: LogitsArgs) -> CliResult {
+    let p = load(&args.model.model_path)?;
+    let ids = match (&args.input_ids, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(prompt)) => p.tokenizer.encode(prompt)?,
+        (None, None) => unreachable!("clap requires --prompt or --input-ids"),
+    };
+    let logits = p.prompt_logits(&ids, args.chunk)?;
+    let vocab = p.model.vocab_size();
+    let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
+    if args.json {
+        println!("{}", json!({"prompt_token_ids": ids, "logits": rows}));
+        return Ok(());
+    }
+    for (pos, (id, row)) in ids.iter().zip(&rows).enumerate() {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let top: Vec<String> = order
+            .iter()
+            .take(args.top)
+            .map(|&t| format!("{:?} {:.3}", p.tokenizer.decode(&[t as u32], false).unwrap_or_default(), row[t]))
+            .collect();
+        let token = p.tokenizer.decode(&[*id], false).unwrap_or_default();
+        println!("{pos:>5} {id:>7} {token:?} -> {}", top.join(", "));
+    }
+    Ok(())
+}
