@@ -140,6 +140,13 @@ impl WeightStore {
         Ok(WeightStore { files, index, total_bytes })
     }
 
+    /// One safetensors file on its own (test fixtures, tools).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        let file = SafetensorsFile::open(path)?;
+        let index = file.tensors.iter().map(|(n, info)| (n.clone(), (0, info.clone()))).collect();
+        Ok(WeightStore { total_bytes: file.map.len() as u64, files: vec![file], index })
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
     }

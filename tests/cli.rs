@@ -1,0 +1,186 @@
+//! `glmv generate` and `glmv logits` on the reference checkpoints, and the one-line errors a broken checkpoint
+//! gives (never a panic).
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use common::*;
+use serde_json::Value;
+
+fn glmv(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_glmv")).args(args).output().expect("run glmv")
+}
+
+fn json_stdout(out: &Output) -> Value {
+    assert!(out.status.success(), "glmv failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+#[test]
+fn generate_json_reproduces_greedy_continuation() {
+    for dir in text_fixtures() {
+        let exp = &expected_prompts(&dir)[0];
+        let ckpt = dir.join("checkpoint");
+        let max = exp.continuation_ids.len().to_string();
+        let out = glmv(&[
+            "generate",
+            "--model-path",
+            ckpt.to_str().unwrap(),
+            "--prompt",
+            &exp.text,
+            "--max-tokens",
+            &max,
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--json",
+        ]);
+        let v = json_stdout(&out);
+        assert_eq!(ids(&v["prompt_token_ids"]), exp.prompt_ids, "{}", dir.display());
+        assert_eq!(ids(&v["output_token_ids"]), exp.continuation_ids, "{}", dir.display());
+        assert!(v["text"].is_string());
+    }
+}
+
+#[test]
+fn generate_stops_at_eos_and_samples_reproducibly() {
+    let dir = &text_fixtures()[0];
+    let ckpt = dir.join("checkpoint");
+    let run = |seed: &str| {
+        json_stdout(&glmv(&[
+            "generate",
+            "--model-path",
+            ckpt.to_str().unwrap(),
+            "--prompt",
+            "hello",
+            "--max-tokens",
+            "12",
+            "--temperature",
+            "1.0",
+            "--seed",
+            seed,
+            "--json",
+        ]))
+    };
+    let (a, b) = (run("5"), run("5"));
+    assert_eq!(a, b, "same seed, same output");
+    let out = ids(&a["output_token_ids"]);
+    assert!(!out.is_empty() && out.len() <= 12);
+    let config: Value = serde_json::from_slice(&std::fs::read(ckpt.join("generation_config.json")).unwrap()).unwrap();
+    let eos: Vec<u32> = match &config["eos_token_id"] {
+        Value::Array(a) => a.iter().map(|x| x.as_u64().unwrap() as u32).collect(),
+        v => vec![v.as_u64().unwrap() as u32],
+    };
+    // Only the last token may be an end-of-sequence token.
+    assert!(out[..out.len() - 1].iter().all(|t| !eos.contains(t)));
+}
+
+#[test]
+fn logits_json_matches_reference() {
+    let dir = &text_fixtures()[0];
+    let exp = &expected_prompts(dir)[0];
+    let ckpt = dir.join("checkpoint");
+    let id_list: Vec<String> = exp.prompt_ids.iter().map(u32::to_string).collect();
+    for args in [vec!["--input-ids", &id_list.join(",")], vec!["--prompt", &exp.text]] {
+        let mut full = vec!["logits", "--model-path", ckpt.to_str().unwrap(), "--json"];
+        full.extend(args.iter().copied());
+        let v = json_stdout(&glmv(&full));
+        assert_eq!(ids(&v["prompt_token_ids"]), exp.prompt_ids);
+        let rows = v["logits"].as_array().unwrap();
+        assert_eq!(rows.len(), exp.prompt_ids.len());
+        for (i, row) in rows.iter().enumerate() {
+            let row: Vec<f32> = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            check_row(&format!("logits position {i}"), &row, exp.row(i));
+        }
+    }
+}
+
+/// A scratch copy of a fixture checkpoint that a test may break.
+fn scratch_copy(name: &str, tag: &str) -> PathBuf {
+    let src = fixtures_root().join(name).join("checkpoint");
+    let dst = std::env::temp_dir().join(format!("glmv-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+fn first_shard(dir: &Path) -> PathBuf {
+    let mut shards: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    shards.sort();
+    shards.remove(0)
+}
+
+/// The command fails with exit code 1 and one line on stderr that mentions `needle`.
+fn assert_one_line_error(dir: &Path, needle: &str) {
+    let out = glmv(&["generate", "--model-path", dir.to_str().unwrap(), "--prompt", "hi", "--max-tokens", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("[glmv]")).collect();
+    assert_eq!(errors.len(), 1, "expected one error line, got: {stderr}");
+    assert!(errors[0].starts_with("error: ") && errors[0].contains(needle), "{needle:?} not in {:?}", errors[0]);
+    assert!(!stderr.contains("panicked"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn truncated_safetensors_is_a_one_line_error() {
+    let dir = scratch_copy("moe_fp8_channel", "truncated");
+    let shard = first_shard(&dir);
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 100]).unwrap();
+    assert_one_line_error(&dir, "truncated");
+}
+
+#[test]
+fn corrupt_safetensors_header_is_a_one_line_error() {
+    let dir = scratch_copy("dense_bf16", "corrupt");
+    let shard = first_shard(&dir);
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[8..16].copy_from_slice(b"garbage!");
+    std::fs::write(&shard, &bytes).unwrap();
+    assert_one_line_error(&dir, "not a valid safetensors file");
+}
+
+#[test]
+fn missing_shard_is_a_one_line_error() {
+    let dir = scratch_copy("moe_fp8_channel", "missing");
+    std::fs::remove_file(first_shard(&dir)).unwrap();
+    assert_one_line_error(&dir, "missing shard");
+}
+
+#[test]
+fn unsupported_architecture_is_a_one_line_error() {
+    let dir = scratch_copy("dense_bf16", "arch");
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["architectures"] = serde_json::json!(["Qwen2VLForConditionalGeneration"]);
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    assert_one_line_error(&dir, "unsupported architecture");
+}
+
+#[test]
+fn missing_tensor_is_a_one_line_error_naming_it() {
+    let dir = scratch_copy("dense_bf16", "tensor");
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    // One more layer than the checkpoint has.
+    let layers = config["text_config"]["num_hidden_layers"].as_u64().unwrap();
+    config["text_config"]["num_hidden_layers"] = (layers + 1).into();
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    assert_one_line_error(&dir, &format!("layers.{layers}."));
+}

@@ -1,0 +1,91 @@
+//! Shared helpers of the integration tests: the committed reference fixtures and how to compare against them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use glmv_runtime::weights::WeightStore;
+use serde_json::Value;
+
+pub fn fixtures_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// Every fixture directory that carries text logits from transformers, sorted by name.
+pub fn text_fixtures() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_root())
+        .expect("tests/fixtures exists (run scripts/fixtures/make_fixtures.sh)")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("text_logits.json").exists())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no text fixtures under tests/fixtures");
+    dirs
+}
+
+pub struct ExpectedPrompt {
+    pub text: String,
+    pub prompt_ids: Vec<u32>,
+    pub continuation_ids: Vec<u32>,
+    /// [prompt + continuation, vocab], row-major.
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+}
+
+impl ExpectedPrompt {
+    pub fn all_ids(&self) -> Vec<u32> {
+        self.prompt_ids.iter().chain(&self.continuation_ids).copied().collect()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.logits[i * self.vocab..(i + 1) * self.vocab]
+    }
+}
+
+pub fn expected_prompts(dir: &Path) -> Vec<ExpectedPrompt> {
+    let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("text_logits.json")).unwrap()).unwrap();
+    let store = WeightStore::open_file(&dir.join("text_logits.safetensors")).unwrap();
+    let ids = |v: &Value| -> Vec<u32> { v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect() };
+    meta["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(k, p)| {
+            let logits = store.get(&format!("prompt{k}.logits")).unwrap();
+            let vocab = logits.shape[1];
+            let prompt_ids = ids(&p["prompt_ids"]);
+            let continuation_ids = ids(&p["continuation_ids"]);
+            assert_eq!(logits.shape[0], prompt_ids.len() + continuation_ids.len());
+            ExpectedPrompt {
+                text: p["text"].as_str().unwrap().to_string(),
+                prompt_ids,
+                continuation_ids,
+                logits: logits.to_f32_vec().unwrap(),
+                vocab,
+            }
+        })
+        .collect()
+}
+
+/// ||a - b|| / ||b||
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+pub fn argmax(v: &[f32]) -> usize {
+    glmv_runtime::engine::sampler::argmax(v) as usize
+}
+
+/// The parity bar of the text-model issue.
+pub const MAX_REL_L2: f64 = 1e-3;
+
+/// Asserts one logits row matches transformers' and returns its relative L2 error.
+pub fn check_row(what: &str, got: &[f32], want: &[f32]) -> f64 {
+    let err = rel_l2(got, want);
+    assert!(err <= MAX_REL_L2, "{what}: relative L2 error {err:.2e} > {MAX_REL_L2:.0e}");
+    assert_eq!(argmax(got), argmax(want), "{what}: argmax differs");
+    err
+}
