@@ -144,3 +144,96 @@ pub(super) fn softmax(x: &mut [f32]) {
     });
     x.iter_mut().for_each(|v| *v /= sum);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RopeLayout;
+
+    fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// Plain causal GQA attention over a contiguous sequence, no cache: the definition.
+    fn naive(qkv: &CpuTensor, shape: &AttentionShape, rope: &Rope) -> Vec<f32> {
+        let (qw, kvw, d) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+        let n = qkv.rows;
+        let mut q = vec![0.0; n * qw];
+        let mut k = vec![0.0; n * kvw];
+        let half = rope.rot_dim / 2;
+        for r in 0..n {
+            q[r * qw..(r + 1) * qw].copy_from_slice(&qkv.row(r)[..qw]);
+            k[r * kvw..(r + 1) * kvw].copy_from_slice(&qkv.row(r)[qw..qw + kvw]);
+            let (mut c, mut s) = (vec![0.0; half], vec![0.0; half]);
+            rope.angles([r as u32; 3], &mut c, &mut s);
+            q[r * qw..(r + 1) * qw].chunks_mut(d).for_each(|h| rope.apply(h, &c, &s));
+            k[r * kvw..(r + 1) * kvw].chunks_mut(d).for_each(|h| rope.apply(h, &c, &s));
+        }
+        let mut out = vec![0.0; n * qw];
+        let group = shape.num_heads / shape.num_kv_heads;
+        for r in 0..n {
+            for h in 0..shape.num_heads {
+                let kvh = h / group;
+                let qh = &q[r * qw + h * d..][..d];
+                let mut p: Vec<f32> = (0..=r).map(|j| dot(qh, &k[j * kvw + kvh * d..][..d]) * shape.scale).collect();
+                softmax(&mut p);
+                for (j, pj) in p.iter().enumerate() {
+                    let v = &qkv.row(j)[qw + kvw + kvh * d..][..d];
+                    for t in 0..d {
+                        out[r * qw + h * d + t] += pj * v[t];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn paged_chunked_attention_matches_the_definition() {
+        let shape = AttentionShape { num_heads: 6, num_kv_heads: 2, head_dim: 8, scale: 8f32.powf(-0.5) };
+        let rope =
+            Rope { rot_dim: 4, layout: RopeLayout::InterleavedPairs, inv_freq: vec![1.0, 0.1], axis: vec![0, 1] };
+        let n = 11;
+        let width = shape.q_width() + 2 * shape.kv_width();
+        let qkv = CpuTensor::from_vec(n, width, pseudo_random(n * width, 9));
+        let want = naive(&qkv, &shape, &rope);
+
+        // Blocks of 4 tokens in a scrambled order; prefill in chunks of 3, 5 and 3 tokens.
+        let spec = KvCacheSpec { num_layers: 2, num_blocks: 7, block_size: 4, num_kv_heads: 2, head_dim: 8 };
+        let mut cache = CpuKvCache::new(&spec);
+        let table = vec![5, 0, 3];
+        let mut got = Vec::new();
+        let mut start = 0;
+        for len in [3, 5, 3] {
+            let rows: Vec<usize> = (start..start + len).collect();
+            let batch = ForwardBatch {
+                seqs: vec![SeqSpan { rows: 0..len, context_len: start, block_table: table.clone() }],
+                positions: rows.iter().map(|&r| [r as u32; 3]).collect(),
+            };
+            got.extend(attention(&qkv.select_rows(&rows), &shape, &rope, &batch, &mut cache, 1).unwrap().data);
+            start += len;
+        }
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(err < 1e-5, "max abs error {err}");
+    }
+
+    #[test]
+    fn too_few_blocks_is_an_error() {
+        let shape = AttentionShape { num_heads: 1, num_kv_heads: 1, head_dim: 4, scale: 0.5 };
+        let rope = Rope { rot_dim: 2, layout: RopeLayout::NeoxHalves, inv_freq: vec![1.0], axis: vec![0] };
+        let spec = KvCacheSpec { num_layers: 1, num_blocks: 2, block_size: 2, num_kv_heads: 1, head_dim: 4 };
+        let mut cache = CpuKvCache::new(&spec);
+        let qkv = CpuTensor::zeros(3, 12);
+        let batch = ForwardBatch {
+            seqs: vec![SeqSpan { rows: 0..3, context_len: 0, block_table: vec![0] }],
+            positions: vec![[0; 3], [1; 3], [2; 3]],
+        };
+        assert!(matches!(attention(&qkv, &shape, &rope, &batch, &mut cache, 0), Err(Error::KvCache(_))));
+    }
+}
