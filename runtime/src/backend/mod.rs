@@ -149,7 +149,34 @@ pub trait Backend: Send + Sync {
         cache: &mut Self::KvCache,
         layer: usize,
     ) -> Result<Self::Tensor>;
+    /// Full (non-causal) attention within each segment of consecutive rows, no KV cache: the vision tower's
+    /// attention, with the rotary embedding at each row's `positions`.
+    fn segment_attention(
+        &self,
+        qkv: &Self::Tensor,
+        shape: &AttentionShape,
+        rope: &Rope,
+        positions: &[[u32; 3]],
+        segments: &[Range<usize>],
+    ) -> Result<Self::Tensor>;
+    /// `x += delta`.
+    fn add(&self, x: &mut Self::Tensor, delta: &Self::Tensor) -> Result<()>;
+    /// LayerNorm (with weight and bias) followed by the exact (erf) GELU.
+    fn layer_norm_gelu(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Vector,
+        bias: &Self::Vector,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
+    /// Groups of `window` consecutive rows become one row, channel-major: `out[r][c * window + k] =
+    /// x[r * window + k][c]` (the input layout of a stride-2 2x2 convolution over merge windows).
+    fn merge_windows(&self, x: &Self::Tensor, window: usize) -> Result<Self::Tensor>;
     fn select_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Result<Self::Tensor>;
+    /// `dst[rows[i]] = src[i]`.
+    fn scatter_rows(&self, dst: &mut Self::Tensor, rows: &[usize], src: &Self::Tensor) -> Result<()>;
+    /// Copies a row-major [rows, cols] f32 matrix from the host.
+    fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Tensor>;
     /// Copies a tensor to the host as row-major f32.
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
 }

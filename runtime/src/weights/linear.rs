@@ -76,6 +76,23 @@ impl WeightStore {
         Ok(LinearSource { weight, bias })
     }
 
+    /// A convolution whose kernel covers its whole receptive field (Conv3d patch embedding, the 2x2 downsample),
+    /// stored as `{prefix}.weight` of shape `stored` = [out, ...], used as a linear [out, product of the rest].
+    pub fn conv_as_linear(&self, prefix: &str, stored: &[usize], bias: bool) -> Result<LinearSource> {
+        let mut weight = self.get_shaped(&format!("{prefix}.weight"), stored)?;
+        if !weight.dtype.is_float() || weight.dtype == super::Dtype::F8E4M3 {
+            return Err(Error::UnsupportedDtype {
+                name: weight.name,
+                dtype: weight.dtype.to_string(),
+                context: "glmv cannot use as a convolution weight",
+            });
+        }
+        let out = stored[0];
+        weight.shape = vec![out, stored[1..].iter().product()];
+        let bias = if bias { Some(self.get_shaped(&format!("{prefix}.bias"), &[out])?) } else { None };
+        Ok(LinearSource { weight: LinearWeight::Dense(weight), bias })
+    }
+
     fn fp8_scale(&self, prefix: &str, out: usize, inp: usize, block: Option<[usize; 2]>) -> Result<Fp8Scale> {
         let per_channel = format!("{prefix}.weight_scale");
         let block_name = format!("{prefix}.weight_scale_inv");

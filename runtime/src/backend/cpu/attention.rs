@@ -1,4 +1,6 @@
 //! Rotary embedding, KV-cache writes and causal attention over a paged f32 KV cache.
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::CpuTensor;
@@ -29,6 +31,10 @@ impl CpuKvCache {
                 "layer {layer} or head shape does not match the cache {:?}",
                 self.spec
             )));
+        }
+        let covered = batch.seqs.iter().try_fold(0, |next, s| (s.rows.start == next).then_some(s.rows.end));
+        if covered != Some(batch.num_rows()) {
+            return Err(Error::InvalidInput("forward batch rows must be covered by its sequences in order".into()));
         }
         for s in &batch.seqs {
             let needed = (s.context_len + s.rows.len()).div_ceil(self.spec.block_size);
@@ -71,21 +77,7 @@ pub fn attention(
         )));
     }
     cache.check(batch, shape, layer)?;
-
-    // Rotate q and k of every row.
-    let mut q = vec![0.0f32; qkv.rows * qw];
-    let mut k = vec![0.0f32; qkv.rows * kvw];
-    let half = rope.rot_dim / 2;
-    q.par_chunks_mut(qw).zip(k.par_chunks_mut(kvw)).enumerate().for_each(|(r, (qr, kr))| {
-        let row = qkv.row(r);
-        qr.copy_from_slice(&row[..qw]);
-        kr.copy_from_slice(&row[qw..qw + kvw]);
-        let (mut cos, mut sin) = (vec![0.0f32; half], vec![0.0f32; half]);
-        rope.angles(batch.positions[r], &mut cos, &mut sin);
-        for head in qr.chunks_mut(d).chain(kr.chunks_mut(d)) {
-            rope.apply(head, &cos, &sin);
-        }
-    });
+    let (q, k) = rotate_qk(qkv, shape, rope, &batch.positions);
 
     // Write k and v into the cache.
     let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
@@ -102,12 +94,13 @@ pub fn attention(
     let cache = &*cache;
     let group = shape.num_heads / shape.num_kv_heads;
     let mut out = CpuTensor::zeros(qkv.rows, qw);
-    let row_seq: Vec<(usize, usize)> = batch
-        .seqs
-        .iter()
-        .enumerate()
-        .flat_map(|(si, s)| s.rows.clone().enumerate().map(move |(i, _)| (si, s.context_len + i)))
-        .collect();
+    // (sequence, position in it) of every row.
+    let mut row_seq = vec![(0, 0); qkv.rows];
+    for (si, s) in batch.seqs.iter().enumerate() {
+        for (i, r) in s.rows.clone().enumerate() {
+            row_seq[r] = (si, s.context_len + i);
+        }
+    }
     out.data.par_chunks_mut(d).enumerate().for_each(|(task, o)| {
         let (r, h) = (task / shape.num_heads, task % shape.num_heads);
         let (si, pos) = row_seq[r];
@@ -125,6 +118,65 @@ pub fn attention(
         for (j, p) in scores.iter().enumerate() {
             let slot = slot(&cache.spec, seq, j);
             let vj = &cache.v[layer][slot * kvw + kvh * d..][..d];
+            o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
+        }
+    });
+    Ok(out)
+}
+
+/// q and k of every row with the rotary embedding applied: ([rows, q_width], [rows, kv_width]).
+fn rotate_qk(qkv: &CpuTensor, shape: &AttentionShape, rope: &Rope, positions: &[[u32; 3]]) -> (Vec<f32>, Vec<f32>) {
+    let (qw, kvw, d) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+    let mut q = vec![0.0f32; qkv.rows * qw];
+    let mut k = vec![0.0f32; qkv.rows * kvw];
+    let half = rope.rot_dim / 2;
+    q.par_chunks_mut(qw).zip(k.par_chunks_mut(kvw)).enumerate().for_each(|(r, (qr, kr))| {
+        let row = qkv.row(r);
+        qr.copy_from_slice(&row[..qw]);
+        kr.copy_from_slice(&row[qw..qw + kvw]);
+        let (mut cos, mut sin) = (vec![0.0f32; half], vec![0.0f32; half]);
+        rope.angles(positions[r], &mut cos, &mut sin);
+        for head in qr.chunks_mut(d).chain(kr.chunks_mut(d)) {
+            rope.apply(head, &cos, &sin);
+        }
+    });
+    (q, k)
+}
+
+/// Full (non-causal) attention within each segment of rows, no cache: the vision tower's attention.
+pub fn segment_attention(
+    qkv: &CpuTensor,
+    shape: &AttentionShape,
+    rope: &Rope,
+    positions: &[[u32; 3]],
+    segments: &[Range<usize>],
+) -> Result<CpuTensor> {
+    let (qw, kvw, d) = (shape.q_width(), shape.kv_width(), shape.head_dim);
+    let covered = segments.iter().try_fold(0, |next, s| (s.start == next && s.end >= s.start).then_some(s.end));
+    if qkv.cols != qw + 2 * kvw || positions.len() != qkv.rows || covered != Some(qkv.rows) {
+        return Err(Error::InvalidInput(format!(
+            "segment attention: input [{}, {}], {} positions, segments {segments:?}",
+            qkv.rows,
+            qkv.cols,
+            positions.len()
+        )));
+    }
+    let (q, k) = rotate_qk(qkv, shape, rope, positions);
+    let mut segment_of = vec![0..0; qkv.rows];
+    for s in segments {
+        s.clone().for_each(|r| segment_of[r] = s.clone());
+    }
+    let group = shape.num_heads / shape.num_kv_heads;
+    let mut out = CpuTensor::zeros(qkv.rows, qw);
+    out.data.par_chunks_mut(d).enumerate().for_each(|(task, o)| {
+        let (r, h) = (task / shape.num_heads, task % shape.num_heads);
+        let kvh = h / group;
+        let qh = &q[r * qw + h * d..][..d];
+        let seg = segment_of[r].clone();
+        let mut scores: Vec<f32> = seg.clone().map(|j| dot(qh, &k[j * kvw + kvh * d..][..d]) * shape.scale).collect();
+        softmax(&mut scores);
+        for (j, p) in seg.zip(&scores) {
+            let vj = &qkv.row(j)[qw + kvw + kvh * d..][..d];
             o.iter_mut().zip(vj).for_each(|(o, v)| *o += p * v);
         }
     });

@@ -4,6 +4,8 @@ mod attention;
 mod matmul;
 mod moe;
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 pub use attention::CpuKvCache;
@@ -93,6 +95,16 @@ fn check_width(x: &CpuTensor, w: &[f32]) -> Result<()> {
     Ok(())
 }
 
+fn same_shape(a: &CpuTensor, b: &CpuTensor) -> Result<()> {
+    if a.rows != b.rows || a.cols != b.cols {
+        return Err(Error::InvalidInput(format!(
+            "shapes [{}, {}] and [{}, {}] differ",
+            a.rows, a.cols, b.rows, b.cols
+        )));
+    }
+    Ok(())
+}
+
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Vector = Vec<f32>;
@@ -147,9 +159,7 @@ impl Backend for CpuBackend {
 
     fn add_rms_norm(&self, residual: &mut CpuTensor, delta: &CpuTensor, w: &Vec<f32>, eps: f32) -> Result<CpuTensor> {
         check_width(residual, w)?;
-        if residual.rows != delta.rows || residual.cols != delta.cols {
-            return Err(Error::InvalidInput("residual and delta shapes differ".into()));
-        }
+        same_shape(residual, delta)?;
         let cols = residual.cols;
         let mut out = CpuTensor::zeros(residual.rows, cols);
         out.data
@@ -184,6 +194,80 @@ impl Backend for CpuBackend {
         layer: usize,
     ) -> Result<CpuTensor> {
         attention::attention(qkv, shape, rope, batch, cache, layer)
+    }
+
+    fn segment_attention(
+        &self,
+        qkv: &CpuTensor,
+        shape: &AttentionShape,
+        rope: &Rope,
+        positions: &[[u32; 3]],
+        segments: &[Range<usize>],
+    ) -> Result<CpuTensor> {
+        attention::segment_attention(qkv, shape, rope, positions, segments)
+    }
+
+    fn add(&self, x: &mut CpuTensor, delta: &CpuTensor) -> Result<()> {
+        same_shape(x, delta)?;
+        x.data.par_iter_mut().zip(delta.data.par_iter()).for_each(|(x, d)| *x += d);
+        Ok(())
+    }
+
+    fn layer_norm_gelu(&self, x: &CpuTensor, weight: &Vec<f32>, bias: &Vec<f32>, eps: f32) -> Result<CpuTensor> {
+        check_width(x, weight)?;
+        check_width(x, bias)?;
+        let mut out = x.clone();
+        out.data.par_chunks_mut(x.cols).for_each(|row| {
+            let n = row.len() as f32;
+            let mean = row.iter().sum::<f32>() / n;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(weight).zip(bias) {
+                let y = (*v - mean) * inv * w + b;
+                *v = 0.5 * y * (1.0 + libm::erff(y / std::f32::consts::SQRT_2));
+            }
+        });
+        Ok(out)
+    }
+
+    fn merge_windows(&self, x: &CpuTensor, window: usize) -> Result<CpuTensor> {
+        if window == 0 || !x.rows.is_multiple_of(window) {
+            return Err(Error::InvalidInput(format!("{} rows do not form windows of {window}", x.rows)));
+        }
+        let cols = x.cols;
+        let mut out = CpuTensor::zeros(x.rows / window, cols * window);
+        out.data.par_chunks_mut(cols * window).enumerate().for_each(|(r, o)| {
+            for k in 0..window {
+                for (c, v) in x.row(r * window + k).iter().enumerate() {
+                    o[c * window + k] = *v;
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    fn scatter_rows(&self, dst: &mut CpuTensor, rows: &[usize], src: &CpuTensor) -> Result<()> {
+        if src.cols != dst.cols || src.rows != rows.len() || rows.iter().any(|&r| r >= dst.rows) {
+            return Err(Error::InvalidInput(format!(
+                "scatter of [{}, {}] into [{}, {}] at {} rows",
+                src.rows,
+                src.cols,
+                dst.rows,
+                dst.cols,
+                rows.len()
+            )));
+        }
+        for (i, &r) in rows.iter().enumerate() {
+            dst.row_mut(r).copy_from_slice(src.row(i));
+        }
+        Ok(())
+    }
+
+    fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CpuTensor> {
+        if data.len() != rows * cols {
+            return Err(Error::InvalidInput(format!("{} values for a [{rows}, {cols}] tensor", data.len())));
+        }
+        Ok(CpuTensor::from_vec(rows, cols, data.to_vec()))
     }
 
     fn select_rows(&self, x: &CpuTensor, rows: &[usize]) -> Result<CpuTensor> {
