@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use glmv_runtime::{
     backend::{Backend as _, CpuBackend},
     engine::sampler::SamplingParams,
-    pipeline::{GenerateOptions, Pipeline},
+    pipeline::{GenerateOptions, Pipeline, Prompt},
 };
 use serde_json::json;
 
@@ -123,7 +123,7 @@ fn generate(args: GenerateArgs) -> CliResult {
     let mut printed = String::new();
     let mut ids = Vec::new();
     let mut stdout = std::io::stdout();
-    let output = p.generate(&prompt_ids, &[], &options, &mut |token, _| {
+    let output = p.generate(&Prompt::text(prompt_ids.clone()), &[], &options, &mut |token, _| {
         if args.json {
             return;
         }
@@ -153,7 +153,7 @@ fn logits(args: LogitsArgs) -> CliResult {
         (None, Some(prompt)) => p.tokenizer.encode(prompt)?,
         (None, None) => unreachable!("clap requires --prompt or --input-ids"),
     };
-    let logits = p.prompt_logits(&ids, args.chunk)?;
+    let logits = p.prompt_logits(&Prompt::text(ids.clone()), args.chunk)?;
     let vocab = p.model.vocab_size();
     let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
     if args.json {

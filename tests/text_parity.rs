@@ -7,7 +7,7 @@ use common::*;
 use glmv_runtime::{
     backend::CpuBackend,
     engine::sampler::SamplingParams,
-    pipeline::{GenerateOptions, Pipeline},
+    pipeline::{GenerateOptions, Pipeline, Prompt},
 };
 
 #[test]
@@ -22,7 +22,7 @@ fn text_logits_match_transformers() {
             let n = exp.prompt_ids.len();
 
             // Prefill: every prompt position.
-            let logits = p.prompt_logits(&exp.prompt_ids, 0).unwrap();
+            let logits = p.prompt_logits(&Prompt::text(exp.prompt_ids.clone()), 0).unwrap();
             for (i, row) in logits.chunks(exp.vocab).enumerate() {
                 worst = worst.max(check_row(&format!("{tag} prefill position {i}"), row, exp.row(i)));
             }
@@ -34,7 +34,10 @@ fn text_logits_match_transformers() {
                 ignore_eos: true,
             };
             let mut rows = Vec::new();
-            p.generate(&exp.prompt_ids, &exp.continuation_ids, &options, &mut |_, l| rows.push(l.to_vec())).unwrap();
+            p.generate(&Prompt::text(exp.prompt_ids.clone()), &exp.continuation_ids, &options, &mut |_, l| {
+                rows.push(l.to_vec())
+            })
+            .unwrap();
             assert_eq!(rows.len(), exp.continuation_ids.len() + 1);
             for (s, row) in rows.iter().enumerate() {
                 worst = worst.max(check_row(&format!("{tag} decode step {s}"), row, exp.row(n - 1 + s)));
@@ -42,7 +45,7 @@ fn text_logits_match_transformers() {
 
             // Chunked prefill over prompt + continuation: chunks straddle KV blocks and each other.
             let all = exp.all_ids();
-            let chunked = p.prompt_logits(&all, 5).unwrap();
+            let chunked = p.prompt_logits(&Prompt::text(all), 5).unwrap();
             for (i, row) in chunked.chunks(exp.vocab).enumerate() {
                 worst = worst.max(check_row(&format!("{tag} chunked position {i}"), row, exp.row(i)));
             }

@@ -3,10 +3,10 @@
 use std::path::Path;
 
 use crate::{
-    backend::Backend,
+    backend::{Backend, ForwardBatch, SeqSpan},
     config::ModelConfig,
     engine::sampler::{sample, Rng, SamplingParams},
-    model::{text_batch, TextModel},
+    model::{mrope_positions, Grid, MediaGrid, MediaKind, TextModel, VisionTower},
     text::Tokenizer,
     weights::WeightStore,
     Error, Result,
@@ -19,7 +19,30 @@ pub struct Pipeline<B: Backend> {
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
     pub model: TextModel<B>,
+    pub vision: VisionTower<B>,
     pub backend: B,
+}
+
+/// One preprocessed image or video: its patch rows (merge-window order) and grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaInput {
+    pub kind: MediaKind,
+    pub grid: Grid,
+    /// [grid.patches(), channels * temporal_patch * patch * patch]
+    pub pixel_values: Vec<f32>,
+}
+
+/// Token ids with their placeholder runs already expanded, and the media that fill them, in prompt order.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Prompt {
+    pub ids: Vec<u32>,
+    pub media: Vec<MediaInput>,
+}
+
+impl Prompt {
+    pub fn text(ids: Vec<u32>) -> Self {
+        Prompt { ids, media: Vec::new() }
+    }
 }
 
 pub struct GenerateOptions {
@@ -27,6 +50,14 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Keep generating past end-of-sequence tokens.
     pub ignore_eos: bool,
+}
+
+/// A prompt turned into what the decoder consumes: input embeddings and 3D positions of every token.
+/// Embeddings travel through the host so that prefill chunks can take any row range of them.
+struct Prepared {
+    embeddings: Vec<f32>,
+    positions: Vec<[u32; 3]>,
+    rope_delta: i64,
 }
 
 impl<B: Backend> Pipeline<B> {
@@ -43,7 +74,9 @@ impl<B: Backend> Pipeline<B> {
         }
         let store = WeightStore::open(dir, progress)?;
         let model = TextModel::load(&backend, &config, &store, progress)?;
-        Ok(Pipeline { config, tokenizer, model, backend })
+        let vision = VisionTower::load(&backend, &config.vision, &store)?;
+        progress("loaded vision tower");
+        Ok(Pipeline { config, tokenizer, model, vision, backend })
     }
 
     fn new_cache(&self, tokens: usize) -> Result<(B::KvCache, Vec<u32>)> {
@@ -53,9 +86,6 @@ impl<B: Backend> Pipeline<B> {
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
-        if ids.is_empty() {
-            return Err(Error::InvalidInput("the prompt is empty".into()));
-        }
         let vocab = self.model.vocab_size();
         match ids.iter().find(|&&id| id as usize >= vocab) {
             Some(id) => Err(Error::InvalidInput(format!("token id {id} is outside the vocabulary of {vocab}"))),
@@ -63,57 +93,101 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
-    /// Logits of every position of `ids` ([ids.len(), vocab], row-major), computed in prefill chunks of
-    /// `chunk` tokens (the whole prompt at once when `chunk` is 0).
-    pub fn prompt_logits(&self, ids: &[u32], chunk: usize) -> Result<Vec<f32>> {
-        self.check_ids(ids)?;
-        let (mut cache, blocks) = self.new_cache(ids.len())?;
-        let chunk = if chunk == 0 { ids.len() } else { chunk };
-        let mut logits = Vec::with_capacity(ids.len() * self.model.vocab_size());
-        for (c, piece) in ids.chunks(chunk).enumerate() {
-            let start = c * chunk;
-            let hidden = self.model.embed(&self.backend, piece)?;
-            let batch = text_batch(start, piece.len(), blocks.clone());
-            let out = self.model.forward(&self.backend, hidden, &batch, &mut cache)?;
-            let rows: Vec<usize> = (0..piece.len()).collect();
+    /// Embeddings of the vision tower's output for every media item, scattered over the placeholder tokens.
+    fn prepare(&self, prompt: &Prompt) -> Result<Prepared> {
+        if prompt.ids.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        self.check_ids(&prompt.ids)?;
+        let tokens = &self.config.tokens;
+        let grids: Vec<MediaGrid> = prompt.media.iter().map(|m| MediaGrid { kind: m.kind, grid: m.grid }).collect();
+        let (positions, rope_delta) =
+            mrope_positions(&prompt.ids, tokens, &grids, self.config.vision.spatial_merge_size)?;
+        let mut hidden = self.model.embed(&self.backend, &prompt.ids)?;
+        if !prompt.media.is_empty() {
+            let pixels: Vec<f32> = prompt.media.iter().flat_map(|m| m.pixel_values.iter().copied()).collect();
+            let media_grids: Vec<Grid> = prompt.media.iter().map(|m| m.grid).collect();
+            let embeds = self.vision.forward(&self.backend, &pixels, &media_grids)?;
+            let rows: Vec<usize> =
+                prompt.ids.iter().enumerate().filter(|(_, &t)| t == tokens.image).map(|(i, _)| i).collect();
+            self.backend.scatter_rows(&mut hidden, &rows, &embeds)?;
+        }
+        Ok(Prepared { embeddings: self.backend.to_host(&hidden)?, positions, rope_delta })
+    }
+
+    /// Runs rows `range` of a prepared prompt through the decoder, after `range.start` cached tokens.
+    fn forward_rows(
+        &self,
+        prep: &Prepared,
+        range: std::ops::Range<usize>,
+        cache: &mut B::KvCache,
+        blocks: &[u32],
+    ) -> Result<B::Tensor> {
+        let width = self.model.config.hidden_size;
+        let hidden =
+            self.backend.upload(range.len(), width, &prep.embeddings[range.start * width..range.end * width])?;
+        let batch = ForwardBatch {
+            seqs: vec![SeqSpan { rows: 0..range.len(), context_len: range.start, block_table: blocks.to_vec() }],
+            positions: prep.positions[range.clone()].to_vec(),
+        };
+        self.model.forward(&self.backend, hidden, &batch, cache)
+    }
+
+    /// Logits of every prompt position ([ids.len(), vocab], row-major), computed in prefill chunks of `chunk`
+    /// tokens (the whole prompt at once when `chunk` is 0).
+    pub fn prompt_logits(&self, prompt: &Prompt, chunk: usize) -> Result<Vec<f32>> {
+        let prep = self.prepare(prompt)?;
+        let n = prompt.ids.len();
+        let (mut cache, blocks) = self.new_cache(n)?;
+        let chunk = if chunk == 0 { n } else { chunk };
+        let mut logits = Vec::with_capacity(n * self.model.vocab_size());
+        for start in (0..n).step_by(chunk) {
+            let end = (start + chunk).min(n);
+            let out = self.forward_rows(&prep, start..end, &mut cache, &blocks)?;
+            let rows: Vec<usize> = (0..end - start).collect();
             logits.extend(self.model.logits(&self.backend, &out, &rows)?);
         }
         Ok(logits)
     }
 
-    /// Prefills `prompt`, then decodes one token at a time with the KV cache, feeding `forced` tokens instead of the
-    /// sampled ones while there are any (teacher forcing). Calls `on_step(token, logits)` for each new position.
-    /// Returns the generated ids.
+    /// Prefills the prompt, then decodes one token at a time with the KV cache, feeding `forced` tokens instead of
+    /// sampled ones while there are any (teacher forcing). Calls `on_step(token, logits)` for each new position and
+    /// returns the generated ids.
     pub fn generate(
         &self,
-        prompt: &[u32],
+        prompt: &Prompt,
         forced: &[u32],
         options: &GenerateOptions,
         on_step: &mut dyn FnMut(u32, &[f32]),
     ) -> Result<Vec<u32>> {
-        self.check_ids(prompt)?;
-        self.check_ids(forced).or_else(|e| if forced.is_empty() { Ok(()) } else { Err(e) })?;
-        let (mut cache, blocks) = self.new_cache(prompt.len() + options.max_tokens)?;
+        let prep = self.prepare(prompt)?;
+        self.check_ids(forced)?;
+        let n = prompt.ids.len();
+        let (mut cache, blocks) = self.new_cache(n + options.max_tokens)?;
         let mut rng = Rng::new(options.sampling.seed);
         let mut out = Vec::new();
-        let mut context = 0;
-        let mut next_input: Vec<u32> = prompt.to_vec();
+        let mut h = self.forward_rows(&prep, 0..n, &mut cache, &blocks)?;
+        let mut last_row = n - 1;
         while out.len() < options.max_tokens {
-            let hidden = self.model.embed(&self.backend, &next_input)?;
-            let batch = text_batch(context, next_input.len(), blocks.clone());
-            let h = self.model.forward(&self.backend, hidden, &batch, &mut cache)?;
-            context += next_input.len();
-            let logits = self.model.logits(&self.backend, &h, &[next_input.len() - 1])?;
+            let logits = self.model.logits(&self.backend, &h, &[last_row])?;
             let token = match forced.get(out.len()) {
                 Some(&t) => t,
                 None => sample(&logits, &options.sampling, &mut rng),
             };
             on_step(token, &logits);
             out.push(token);
-            if !options.ignore_eos && self.config.tokens.eos.contains(&token) {
+            if out.len() == options.max_tokens || (!options.ignore_eos && self.config.tokens.eos.contains(&token)) {
                 break;
             }
-            next_input = vec![token];
+            // The new token sits at index n + generated - 1 and decodes at that index + rope_delta.
+            let index = n + out.len() - 1;
+            let pos = (index as i64 + prep.rope_delta).max(0) as u32;
+            let batch = ForwardBatch {
+                seqs: vec![SeqSpan { rows: 0..1, context_len: index, block_table: blocks.clone() }],
+                positions: vec![[pos; 3]],
+            };
+            h = self.model.forward(&self.backend, self.model.embed(&self.backend, &[token])?, &batch, &mut cache)?;
+            last_row = 0;
         }
         Ok(out)
     }
