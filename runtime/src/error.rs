@@ -28,6 +28,8 @@ pub enum Error {
     Tokenizer(String),
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    #[error("device: {0}")]
+    Device(String),
     #[error("KV cache: {0}")]
     KvCache(String),
 }

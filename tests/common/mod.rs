@@ -89,3 +89,4 @@ pub fn check_row(what: &str, got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(argmax(got), argmax(want), "{what}: argmax differs");
     err
 }
+pub mod safetensors_writer;

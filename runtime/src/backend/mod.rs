@@ -3,6 +3,8 @@
 //! paged attention, the whole MoE block) rather than scalar ones, so that GPU backends can fuse freely.
 //! [`cpu::CpuBackend`] is the reference every other backend is checked against.
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod rope;
 
 use std::ops::Range;

@@ -1,0 +1,107 @@
+// Rotary embedding with the KV-cache write, and attention with an online softmax over key tiles.
+#include "common.cuh"
+
+// Rotary description, as runtime/src/backend/rope.rs: frequency i rotates pair (i, i + rot/2) (NeoX halves) or
+// (2i, 2i + 1) (interleaved), with angle positions[axis[i]] * inv_freq[i].
+struct Rope {
+  const float* inv_freq;
+  const uint8_t* axis;
+  int rot_dim;
+  int interleaved;
+};
+
+__device__ __forceinline__ void rotate_head(float* head, const Rope& r, const uint32_t* pos, int lane, int lanes) {
+  int half = r.rot_dim / 2;
+  for (int i = lane; i < half; i += lanes) {
+    float theta = (float)pos[r.axis[i]] * r.inv_freq[i];
+    float c = cosf(theta), s = sinf(theta);
+    int a = r.interleaved ? 2 * i : i, b = r.interleaved ? 2 * i + 1 : i + half;
+    float x = head[a], y = head[b];
+    head[a] = x * c - y * s;
+    head[b] = y * c + x * s;
+  }
+}
+
+// One block per row: q_out = rotated q; k_out = rotated k; when k_cache != nullptr, rotated k and v go to the cache
+// at slots[row]. qkv rows are [q | k | v].
+extern "C" __global__ void rope_qkv(const float* qkv, const uint32_t* positions, Rope rope, int heads, int kv_heads,
+                                    int d, float* q_out, float* k_out, float* k_cache, float* v_cache,
+                                    const uint32_t* slots) {
+  size_t row = blockIdx.x;
+  int qw = heads * d, kvw = kv_heads * d, width = qw + 2 * kvw;
+  const float* src = qkv + row * width;
+  float* q = q_out + row * qw;
+  float* k = k_out + row * kvw;
+  for (int c = threadIdx.x; c < qw; c += blockDim.x) q[c] = src[c];
+  for (int c = threadIdx.x; c < kvw; c += blockDim.x) k[c] = src[qw + c];
+  __syncthreads();
+  const uint32_t* pos = positions + row * 3;
+  // One warp per head.
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int h = warp; h < heads + kv_heads; h += warps) {
+    float* head = h < heads ? q + h * d : k + (h - heads) * d;
+    rotate_head(head, rope, pos, lane, 32);
+  }
+  __syncthreads();
+  if (k_cache != nullptr) {
+    size_t slot = slots[row];
+    for (int c = threadIdx.x; c < kvw; c += blockDim.x) {
+      k_cache[slot * kvw + c] = k[c];
+      v_cache[slot * kvw + c] = src[qw + kvw + c];
+    }
+  }
+}
+
+#define KEY_TILE 32
+
+// One block per (row, head), blockDim.x >= head_dim. Query row `row` attends keys j = 0 .. key_count[row] - 1
+// whose rows in k/v are: paged (block_table != nullptr): slot of position j via the row's block table; contiguous:
+// key_begin[row] + j. k and v rows have strides k_stride / v_stride floats; head kvh starts at kvh * d.
+extern "C" __global__ void attention(const float* q, int heads, int kv_heads, int d, float scale, const float* k,
+                                     int k_stride, const float* v, int v_stride, const uint32_t* key_begin,
+                                     const uint32_t* key_count, const uint32_t* block_table,
+                                     const uint32_t* table_offset, int block_size, float* out) {
+  extern __shared__ float smem[];
+  float* qs = smem;                // d
+  float* scores = smem + d;        // KEY_TILE
+  size_t row = blockIdx.x;
+  int h = blockIdx.y;
+  int kvh = h / (heads / kv_heads);
+  int t = threadIdx.x, warp = t / 32, lane = t % 32, warps = blockDim.x / 32;
+  for (int c = t; c < d; c += blockDim.x) qs[c] = q[row * heads * d + h * d + c] * scale;
+  uint32_t count = key_count[row], begin = key_begin[row];
+  const uint32_t* table = block_table != nullptr ? block_table + table_offset[row] : nullptr;
+  float m = -INFINITY, l = 0.0f, acc = 0.0f;
+  __syncthreads();
+  for (uint32_t start = 0; start < count; start += KEY_TILE) {
+    int n = min((uint32_t)KEY_TILE, count - start);
+    for (int j = warp; j < n; j += warps) {
+      uint32_t pos = start + j;
+      size_t r = table != nullptr ? (size_t)table[pos / block_size] * block_size + pos % block_size : begin + pos;
+      const float* kr = k + r * k_stride + kvh * d;
+      float s = 0.0f;
+      for (int c = lane; c < d; c += 32) s += qs[c] * kr[c];
+      s = warp_sum(s);
+      if (lane == 0) scores[j] = s;
+    }
+    __syncthreads();
+    float tile_max = -INFINITY;
+    for (int j = 0; j < n; ++j) tile_max = fmaxf(tile_max, scores[j]);
+    float new_m = fmaxf(m, tile_max);
+    float correction = expf(m - new_m);
+    l *= correction;
+    acc *= correction;
+    for (int j = 0; j < n; ++j) {
+      float p = expf(scores[j] - new_m);
+      l += p;
+      if (t < d) {
+        uint32_t pos = start + j;
+        size_t r = table != nullptr ? (size_t)table[pos / block_size] * block_size + pos % block_size : begin + pos;
+        acc += p * v[r * v_stride + kvh * d + t];
+      }
+    }
+    m = new_m;
+    __syncthreads();
+  }
+  if (t < d) out[row * heads * d + h * d + t] = acc / l;
+}

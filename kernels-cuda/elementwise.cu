@@ -1,0 +1,91 @@
+// Norms, embedding gather, activations and row movement.
+#include "common.cuh"
+
+// out[t, :] = table[ids[t], :]
+template <int DT>
+__device__ void embed(const void* table, WeightScale s, int K, const uint32_t* ids, float* out) {
+  int t = blockIdx.x;
+  uint32_t id = ids[t];
+  for (int c = threadIdx.x; c < K; c += blockDim.x) out[(size_t)t * K + c] = weight_at<DT>(table, s, id, c, K);
+}
+#define EMBED(NAME, DT)                                                                                  \
+  extern "C" __global__ void NAME(const void* table, WeightScale s, int K, const uint32_t* ids, float* out) { \
+    embed<DT>(table, s, K, ids, out);                                                                    \
+  }
+EMBED(embed_f32, DT_F32)
+EMBED(embed_bf16, DT_BF16)
+EMBED(embed_f16, DT_F16)
+EMBED(embed_fp8, DT_FP8)
+
+// One block per row. If residual != nullptr: residual += delta first and the norm is taken of the sum.
+extern "C" __global__ void rms_norm(const float* x, float* residual, const float* w, float eps, int cols, float* out) {
+  size_t row = blockIdx.x;
+  const float* src = residual != nullptr ? residual + row * cols : x + row * cols;
+  float ss = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = residual != nullptr ? residual[row * cols + c] + x[row * cols + c] : src[c];
+    if (residual != nullptr) residual[row * cols + c] = v;
+    ss += v * v;
+  }
+  float inv = rsqrtf(block_sum(ss) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[row * cols + c] = w[c] * (src[c] * inv);
+}
+
+// LayerNorm with weight and bias, then exact GELU. One block per row.
+extern "C" __global__ void layer_norm_gelu(const float* x, const float* w, const float* b, float eps, int cols,
+                                           float* out) {
+  size_t row = blockIdx.x;
+  const float* xr = x + row * cols;
+  float s = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
+  float mean = block_sum(s) / cols;
+  float v = 0.0f;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) v += (xr[c] - mean) * (xr[c] - mean);
+  float inv = rsqrtf(block_sum(v) / cols + eps);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float y = (xr[c] - mean) * inv * w[c] + b[c];
+    out[row * cols + c] = 0.5f * y * (1.0f + erff(y * 0.70710678118654752f));
+  }
+}
+
+// h[m, i] = silu(gu[m, i]) * gu[m, I + i]
+extern "C" __global__ void swiglu(const float* gu, int rows, int inter, float* h) {
+  size_t n = (size_t)rows * inter;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    size_t m = i / inter, c = i % inter;
+    float g = gu[m * 2 * inter + c], u = gu[m * 2 * inter + inter + c];
+    h[i] = g / (1.0f + expf(-g)) * u;
+  }
+}
+
+extern "C" __global__ void add_inplace(float* x, const float* d, size_t n) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+    x[i] += d[i];
+}
+
+// out[r] = x[rows[r]]
+extern "C" __global__ void gather_rows(const float* x, const uint32_t* rows, int cols, float* out) {
+  size_t r = blockIdx.x;
+  const float* src = x + (size_t)rows[r] * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) out[r * cols + c] = src[c];
+}
+
+// dst[rows[r]] = src[r], or dst[rows[r]] += weight[r] * src[r] when weight != nullptr.
+extern "C" __global__ void scatter_rows(float* dst, const uint32_t* rows, const float* weight, const float* src,
+                                        int cols) {
+  size_t r = blockIdx.x;
+  float* d = dst + (size_t)rows[r] * cols;
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    float v = src[r * cols + c];
+    d[c] = weight != nullptr ? d[c] + weight[r] * v : v;
+  }
+}
+
+// out[r][c * window + k] = x[r * window + k][c]
+extern "C" __global__ void merge_windows(const float* x, int window, int cols, float* out) {
+  size_t r = blockIdx.x;
+  for (int i = threadIdx.x; i < cols * window; i += blockDim.x) {
+    int c = i / window, k = i % window;
+    out[r * cols * window + i] = x[(r * window + k) * cols + c];
+  }
+}

@@ -1,0 +1,87 @@
+// y[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]), x f32 [M, K], W [N, K] in its checkpoint dtype, y with row
+// stride ldy (a linear made of several checkpoint tensors writes each into its own column range).
+// First version: SIMT tiles with f32 FMA, weights converted while staged in shared memory; tensor cores come next.
+#include "common.cuh"
+
+#define BM 64
+#define BN 64
+#define BK 16
+
+template <int DT>
+__device__ void gemm_tiled(const float* x, int M, int K, const void* w, WeightScale s, const float* bias, int N,
+                           float* y, int ldy) {
+  __shared__ float xs[BK][BM + 4];
+  __shared__ float ws[BK][BN + 4];
+  int tid = threadIdx.x;  // 256 threads: 16 x 16, each computing 4 x 4 outputs
+  int ty = tid / 16, tx = tid % 16;
+  int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < K; k0 += BK) {
+    for (int i = tid; i < BM * BK; i += 256) {
+      int r = i / BK, c = i % BK;
+      int m = m0 + r, k = k0 + c;
+      xs[c][r] = (m < M && k < K) ? x[(size_t)m * K + k] : 0.0f;
+      int n = n0 + r;
+      ws[c][r] = (n < N && k < K) ? weight_at<DT>(w, s, n, k, K) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < BK; ++c) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        a[i] = xs[c][ty * 4 + i];
+        b[i] = ws[c][tx * 4 + i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+    }
+    __syncthreads();
+  }
+  for (int i = 0; i < 4; ++i) {
+    int m = m0 + ty * 4 + i;
+    if (m >= M) continue;
+    for (int j = 0; j < 4; ++j) {
+      int n = n0 + tx * 4 + j;
+      if (n < N) y[(size_t)m * ldy + n] = acc[i][j] + (bias != nullptr ? bias[n] : 0.0f);
+    }
+  }
+}
+
+// Few rows (decode): one warp per output column, all rows at once. M <= GEMV_MAX_ROWS.
+#define GEMV_MAX_ROWS 8
+template <int DT>
+__device__ void gemv(const float* x, int M, int K, const void* w, WeightScale s, const float* bias, int N, float* y,
+                     int ldy) {
+  int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (warp >= N) return;
+  int n = warp;
+  float acc[GEMV_MAX_ROWS] = {};
+  for (int k = lane; k < K; k += 32) {
+    float wv = weight_at<DT>(w, s, n, k, K);
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_ROWS; ++m)
+      if (m < M) acc[m] += x[(size_t)m * K + k] * wv;
+  }
+  for (int m = 0; m < M; ++m) {
+    float v = warp_sum(acc[m]);
+    if (lane == 0) y[(size_t)m * ldy + n] = v + (bias != nullptr ? bias[n] : 0.0f);
+  }
+}
+
+#define GEMM(SUFFIX, DT)                                                                                    \
+  extern "C" __global__ void __launch_bounds__(256) gemm_##SUFFIX(const float* x, int M, int K, const void* w, \
+                                                                  WeightScale s, const float* bias, int N,   \
+                                                                  float* y, int ldy) {                       \
+    gemm_tiled<DT>(x, M, K, w, s, bias, N, y, ldy);                                                          \
+  }                                                                                                          \
+  extern "C" __global__ void gemv_##SUFFIX(const float* x, int M, int K, const void* w, WeightScale s,       \
+                                           const float* bias, int N, float* y, int ldy) {                    \
+    gemv<DT>(x, M, K, w, s, bias, N, y, ldy);                                                                \
+  }
+GEMM(f32, DT_F32)
+GEMM(bf16, DT_BF16)
+GEMM(f16, DT_F16)
+GEMM(fp8, DT_FP8)

@@ -1,0 +1,81 @@
+//! The kernel images built into this binary and the functions the backend launches.
+use std::sync::Arc;
+
+use cudarc::{
+    driver::{CudaContext, CudaFunction, CudaModule},
+    nvrtc::Ptx,
+};
+
+use super::device_err;
+use crate::{Error, Result};
+
+#[cfg(glmv_cuda_kernels)]
+include!(concat!(env!("OUT_DIR"), "/cuda_kernels.rs"));
+#[cfg(not(glmv_cuda_kernels))]
+pub static KERNEL_IMAGES: &[(&str, &[u8])] = &[];
+
+/// Weight element types, as `DT_*` in kernels-cuda/common.cuh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    F32 = 0,
+    Bf16 = 1,
+    F16 = 2,
+    Fp8 = 3,
+}
+
+pub struct Kernels {
+    pub embed: [CudaFunction; 4],
+    pub gemm: [CudaFunction; 4],
+    pub gemv: [CudaFunction; 4],
+    pub rms_norm: CudaFunction,
+    pub layer_norm_gelu: CudaFunction,
+    pub swiglu: CudaFunction,
+    pub add_inplace: CudaFunction,
+    pub gather_rows: CudaFunction,
+    pub scatter_rows: CudaFunction,
+    pub merge_windows: CudaFunction,
+    pub rope_qkv: CudaFunction,
+    pub attention: CudaFunction,
+    pub moe_route: CudaFunction,
+}
+
+const DTYPE_SUFFIX: [&str; 4] = ["f32", "bf16", "f16", "fp8"];
+
+impl Kernels {
+    pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
+        if KERNEL_IMAGES.is_empty() {
+            return Err(Error::Device("this binary was built without CUDA kernels (no nvcc at build time)".into()));
+        }
+        let modules: Vec<(&str, Arc<CudaModule>)> = KERNEL_IMAGES
+            .iter()
+            .map(|(name, image)| Ok((*name, ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(device_err)?)))
+            .collect::<Result<_>>()?;
+        let f = |module: &str, name: &str| -> Result<CudaFunction> {
+            let (_, m) = modules
+                .iter()
+                .find(|(n, _)| *n == module)
+                .ok_or_else(|| Error::Device(format!("kernel image {module} missing")))?;
+            m.load_function(name).map_err(|e| Error::Device(format!("{module}.{name}: {e}")))
+        };
+        let per_dtype = |module: &str, prefix: &str| -> Result<[CudaFunction; 4]> {
+            let v: Vec<CudaFunction> =
+                DTYPE_SUFFIX.iter().map(|s| f(module, &format!("{prefix}_{s}"))).collect::<Result<_>>()?;
+            Ok(v.try_into().unwrap_or_else(|_| unreachable!("four dtypes")))
+        };
+        Ok(Kernels {
+            embed: per_dtype("elementwise", "embed")?,
+            gemm: per_dtype("gemm", "gemm")?,
+            gemv: per_dtype("gemm", "gemv")?,
+            rms_norm: f("elementwise", "rms_norm")?,
+            layer_norm_gelu: f("elementwise", "layer_norm_gelu")?,
+            swiglu: f("elementwise", "swiglu")?,
+            add_inplace: f("elementwise", "add_inplace")?,
+            gather_rows: f("elementwise", "gather_rows")?,
+            scatter_rows: f("elementwise", "scatter_rows")?,
+            merge_windows: f("elementwise", "merge_windows")?,
+            rope_qkv: f("attention", "rope_qkv")?,
+            attention: f("attention", "attention")?,
+            moe_route: f("moe", "moe_route")?,
+        })
+    }
+}

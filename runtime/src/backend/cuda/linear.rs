@@ -1,0 +1,290 @@
+//! Weights on the device and the layers built from them: linear (GEMM/GEMV over stored dtypes), SwiGLU MLP, MoE.
+use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+
+use super::{device_err, kernels::WeightDtype, CudaBackend, CudaTensor};
+use crate::{
+    backend::{ExpertsSource, MlpSource, Routing},
+    weights::{Dtype, Fp8Scale, LinearSource, LinearWeight},
+    Error, Result,
+};
+
+/// The `WeightScale` struct of kernels-cuda/common.cuh.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ScaleArg {
+    scale: u64,
+    block_rows: i32,
+    block_cols: i32,
+    col_blocks: i32,
+}
+unsafe impl cudarc::driver::DeviceRepr for ScaleArg {}
+
+/// One checkpoint tensor's rows of a linear layer.
+struct Part {
+    dtype: WeightDtype,
+    weight: CudaSlice<u8>,
+    scale: Option<CudaSlice<f32>>,
+    block: [usize; 2],
+    rows: usize,
+    /// First output column of this part.
+    offset: usize,
+}
+
+pub struct CudaLinear {
+    parts: Vec<Part>,
+    pub in_features: usize,
+    pub out_features: usize,
+    bias: Option<CudaSlice<f32>>,
+}
+
+/// Rows of a GEMM handled by the GEMV kernel (kernels-cuda/gemm.cu GEMV_MAX_ROWS).
+const GEMV_MAX_ROWS: usize = 8;
+
+impl CudaLinear {
+    pub fn new(be: &CudaBackend, sources: &[LinearSource]) -> Result<Self> {
+        let first = sources.first().ok_or_else(|| Error::InvalidInput("a linear layer needs a weight".into()))?;
+        let k = first.weight.in_features();
+        let mut parts = Vec::with_capacity(sources.len());
+        let mut offset = 0;
+        let mut bias = Vec::new();
+        let any_bias = sources.iter().any(|s| s.bias.is_some());
+        for s in sources {
+            let t = s.weight.tensor();
+            if s.weight.in_features() != k {
+                return Err(Error::ShapeMismatch {
+                    name: t.name.clone(),
+                    expected: vec![s.out_features(), k],
+                    actual: t.shape.clone(),
+                });
+            }
+            let rows = s.out_features();
+            let dtype = match t.dtype {
+                Dtype::F32 => WeightDtype::F32,
+                Dtype::BF16 => WeightDtype::Bf16,
+                Dtype::F16 => WeightDtype::F16,
+                Dtype::F8E4M3 => WeightDtype::Fp8,
+                other => {
+                    return Err(Error::UnsupportedDtype {
+                        name: t.name.clone(),
+                        dtype: other.to_string(),
+                        context: "the CUDA backend cannot use as a weight",
+                    })
+                }
+            };
+            let (scale, block) = match &s.weight {
+                LinearWeight::Dense(_) => (None, [1, k]),
+                LinearWeight::Fp8 { scale: Fp8Scale::PerChannel(sc), .. } => (Some(sc.to_f32_vec()?), [1, k]),
+                LinearWeight::Fp8 { scale: Fp8Scale::Block { scale_inv, block }, .. } => {
+                    (Some(scale_inv.to_f32_vec()?), *block)
+                }
+            };
+            parts.push(Part {
+                dtype,
+                weight: be.upload_slice(&t.bytes)?,
+                scale: scale.map(|s| be.upload_slice(&s)).transpose()?,
+                block,
+                rows,
+                offset,
+            });
+            if any_bias {
+                match &s.bias {
+                    Some(b) => bias.extend(b.to_f32_vec()?),
+                    None => bias.extend(std::iter::repeat_n(0.0, rows)),
+                }
+            }
+            offset += rows;
+        }
+        let bias = any_bias.then(|| be.upload_slice(&bias)).transpose()?;
+        Ok(CudaLinear { parts, in_features: k, out_features: offset, bias })
+    }
+
+    fn scale_arg(&self, be: &CudaBackend, p: &Part) -> ScaleArg {
+        ScaleArg {
+            scale: p.scale.as_ref().map_or(0, |s| be.ptr(s)),
+            block_rows: p.block[0] as i32,
+            block_cols: p.block[1] as i32,
+            col_blocks: self.in_features.div_ceil(p.block[1]) as i32,
+        }
+    }
+
+    pub fn forward(&self, be: &CudaBackend, x: &CudaTensor) -> Result<CudaTensor> {
+        if x.cols != self.in_features {
+            return Err(Error::InvalidInput(format!(
+                "linear expects {} input features, got {}",
+                self.in_features, x.cols
+            )));
+        }
+        let y = be.alloc(x.rows, self.out_features)?;
+        if x.rows == 0 {
+            return Ok(y);
+        }
+        let (m, k, ldy) = (x.rows as i32, self.in_features as i32, self.out_features as i32);
+        for p in &self.parts {
+            let n = p.rows as i32;
+            let scale = self.scale_arg(be, p);
+            let xp = be.ptr(&x.buf);
+            let wp = be.ptr(&p.weight);
+            let bp = self.bias.as_ref().map_or(0, |b| be.ptr(b) + (p.offset * 4) as u64);
+            let yp = be.ptr(&y.buf) + (p.offset * 4) as u64;
+            let (f, cfg) = if x.rows <= GEMV_MAX_ROWS {
+                let blocks = (p.rows * 32).div_ceil(256) as u32;
+                (&be.k.gemv[p.dtype as usize], LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) })
+            } else {
+                let grid = (p.rows.div_ceil(64) as u32, x.rows.div_ceil(64) as u32, 1);
+                (&be.k.gemm[p.dtype as usize], LaunchConfig { grid_dim: grid, ..be.launch_rows(1) })
+            };
+            let mut b = be.stream.launch_builder(f);
+            b.arg(&xp).arg(&m).arg(&k).arg(&wp).arg(&scale).arg(&bp).arg(&n).arg(&yp).arg(&ldy);
+            // SAFETY: matches kernels-cuda/gemm.cu gemm_*/gemv_*; y has ldy columns and this part writes columns
+            // offset .. offset + rows.
+            unsafe { b.launch(cfg) }.map_err(device_err)?;
+        }
+        Ok(y)
+    }
+
+    /// Rows of the table (this linear's weight, [vocab, hidden]) for each id.
+    pub fn embed(&self, be: &CudaBackend, ids: &[u32]) -> Result<CudaTensor> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.out_features) {
+            return Err(Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.out_features
+            )));
+        }
+        let [p] = &self.parts[..] else {
+            return Err(Error::InvalidInput("an embedding table is one checkpoint tensor".into()));
+        };
+        let out = be.alloc(ids.len(), self.in_features)?;
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let idx = be.upload_slice(ids)?;
+        let (wp, scale, k, ip, op) =
+            (be.ptr(&p.weight), self.scale_arg(be, p), self.in_features as i32, be.ptr(&idx), be.ptr(&out.buf));
+        let mut b = be.stream.launch_builder(&be.k.embed[p.dtype as usize]);
+        b.arg(&wp).arg(&scale).arg(&k).arg(&ip).arg(&op);
+        // SAFETY: matches kernels-cuda/elementwise.cu embed_*; ids checked against the vocabulary above.
+        unsafe { b.launch(be.launch_rows(ids.len())) }.map_err(device_err)?;
+        Ok(out)
+    }
+}
+
+pub struct CudaMlp {
+    gate_up: CudaLinear,
+    down: CudaLinear,
+}
+
+impl CudaMlp {
+    pub fn new(be: &CudaBackend, src: &MlpSource) -> Result<Self> {
+        let gate_up = CudaLinear::new(be, &src.gate_up)?;
+        let down = CudaLinear::new(be, std::slice::from_ref(&src.down))?;
+        if gate_up.out_features != 2 * down.in_features {
+            return Err(Error::InvalidInput("MLP gate+up rows do not match down_proj".into()));
+        }
+        Ok(CudaMlp { gate_up, down })
+    }
+
+    pub fn forward(&self, be: &CudaBackend, x: &CudaTensor) -> Result<CudaTensor> {
+        let gu = self.gate_up.forward(be, x)?;
+        let inter = self.down.in_features;
+        let h = be.alloc(x.rows, inter)?;
+        if x.rows > 0 {
+            let (gp, hp, rows, i) = (be.ptr(&gu.buf), be.ptr(&h.buf), x.rows as i32, inter as i32);
+            let mut b = be.stream.launch_builder(&be.k.swiglu);
+            b.arg(&gp).arg(&rows).arg(&i).arg(&hp);
+            let blocks = (x.rows * inter).div_ceil(256).clamp(1, 4096) as u32;
+            // SAFETY: matches kernels-cuda/elementwise.cu swiglu.
+            unsafe { b.launch(LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) }) }.map_err(device_err)?;
+        }
+        self.down.forward(be, &h)
+    }
+}
+
+/// Limits of kernels-cuda/moe.cu.
+const MAX_EXPERTS: usize = 512;
+const MAX_GROUPS: usize = 64;
+
+pub struct CudaExperts {
+    router: CudaLinear,
+    correction_bias: Option<CudaSlice<f32>>,
+    experts: Vec<CudaMlp>,
+    shared: Option<CudaMlp>,
+    routing: Routing,
+}
+
+impl CudaExperts {
+    pub fn new(be: &CudaBackend, src: &ExpertsSource) -> Result<Self> {
+        let n = src.experts.len();
+        let r = src.routing;
+        if n > MAX_EXPERTS || r.n_group > MAX_GROUPS || r.n_group == 0 || !n.is_multiple_of(r.n_group) || r.top_k > n {
+            return Err(Error::InvalidInput(format!("routing {r:?} over {n} experts is beyond the CUDA MoE kernel")));
+        }
+        let router_src = LinearSource { weight: LinearWeight::Dense(src.router.clone()), bias: None };
+        Ok(CudaExperts {
+            router: CudaLinear::new(be, &[router_src])?,
+            correction_bias: src
+                .correction_bias
+                .as_ref()
+                .map(|b| be.upload_slice(&b.expect_shape(&[n])?.to_f32_vec()?))
+                .transpose()?,
+            experts: src.experts.iter().map(|e| CudaMlp::new(be, e)).collect::<Result<_>>()?,
+            shared: src.shared.as_ref().map(|s| CudaMlp::new(be, s)).transpose()?,
+            routing: r,
+        })
+    }
+
+    pub fn forward(&self, be: &CudaBackend, x: &CudaTensor) -> Result<CudaTensor> {
+        let tokens = x.rows;
+        let r = &self.routing;
+        let logits = self.router.forward(be, x)?;
+        let ids = be.stream.alloc_zeros::<u32>((tokens * r.top_k).max(1)).map_err(device_err)?;
+        let weights = be.stream.alloc_zeros::<f32>((tokens * r.top_k).max(1)).map_err(device_err)?;
+        if tokens > 0 {
+            let (lp, bp, ip, wp) = (
+                be.ptr(&logits.buf),
+                self.correction_bias.as_ref().map_or(0, |b| be.ptr(b)),
+                be.ptr(&ids),
+                be.ptr(&weights),
+            );
+            let (t, e, k, g, tg) =
+                (tokens as i32, self.experts.len() as i32, r.top_k as i32, r.n_group as i32, r.topk_group as i32);
+            let norm = r.norm_topk_prob as i32;
+            let mut b = be.stream.launch_builder(&be.k.moe_route);
+            b.arg(&lp).arg(&bp).arg(&t).arg(&e).arg(&k).arg(&g).arg(&tg).arg(&norm).arg(&r.routed_scaling_factor);
+            b.arg(&ip).arg(&wp);
+            let cfg = LaunchConfig {
+                grid_dim: (tokens.div_ceil(64) as u32, 1, 1),
+                block_dim: (64, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches kernels-cuda/moe.cu moe_route; limits checked at construction.
+            unsafe { b.launch(cfg) }.map_err(device_err)?;
+        }
+        // Dispatch is planned on the host for now: which rows go to which expert.
+        let ids = be.stream.clone_dtoh(&ids).map_err(device_err)?;
+        let weights = be.stream.clone_dtoh(&weights).map_err(device_err)?;
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
+        let mut w: Vec<Vec<f32>> = vec![Vec::new(); self.experts.len()];
+        for i in 0..tokens * r.top_k {
+            let e = ids[i] as usize;
+            rows[e].push((i / r.top_k) as u32);
+            w[e].push(weights[i]);
+        }
+        let mut y = match &self.shared {
+            Some(shared) => shared.forward(be, x)?,
+            None => CudaTensor {
+                rows: x.rows,
+                cols: x.cols,
+                buf: be.stream.alloc_zeros::<f32>((x.rows * x.cols).max(1)).map_err(device_err)?,
+            },
+        };
+        for (e, expert) in self.experts.iter().enumerate() {
+            if rows[e].is_empty() {
+                continue;
+            }
+            let xe = be.gather(x, &rows[e])?;
+            let out = expert.forward(be, &xe)?;
+            be.scatter(&mut y, &rows[e], Some(&w[e]), &out)?;
+        }
+        Ok(y)
+    }
+}

@@ -1,0 +1,480 @@
+//! The CUDA backend: kernels compiled ahead of time (runtime/build.rs, `kernels-cuda/`), loaded through the driver
+//! API at run time (cudarc, dynamically loaded, so a machine without a driver still starts and uses the CPU).
+//!
+//! First version: f32 activations, weights kept in their checkpoint dtype on the device (BF16/F16/F32, FP8 with
+//! per-channel or block scales) and converted in the GEMM; SIMT kernels; MoE routing on the device with expert
+//! dispatch planned on the host. Its job is to be correct against the CPU backend; speed comes after.
+mod kernels;
+mod linear;
+
+use std::{ops::Range, sync::Arc};
+
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+
+pub use linear::{CudaExperts, CudaLinear, CudaMlp};
+
+use super::{AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, MlpSource, Rope};
+use crate::{
+    config::RopeLayout,
+    weights::{HostTensor, LinearSource},
+    Error, Result,
+};
+use kernels::Kernels;
+
+pub(crate) fn device_err(e: cudarc::driver::DriverError) -> Error {
+    Error::Device(e.to_string())
+}
+
+/// A row-major [rows, cols] f32 matrix in device memory.
+pub struct CudaTensor {
+    pub rows: usize,
+    pub cols: usize,
+    buf: CudaSlice<f32>,
+}
+
+pub struct CudaKvCache {
+    spec: KvCacheSpec,
+    k: Vec<CudaSlice<f32>>,
+    v: Vec<CudaSlice<f32>>,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    k: Kernels,
+}
+
+/// The `Rope` struct of kernels-cuda/attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RopeArg {
+    inv_freq: u64,
+    axis: u64,
+    rot_dim: i32,
+    interleaved: i32,
+}
+unsafe impl cudarc::driver::DeviceRepr for RopeArg {}
+
+impl CudaBackend {
+    /// Opens device `ordinal`. Fails (never panics) when there is no driver, no device, or no kernels built in.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        // SAFETY: only probes whether libcuda can be loaded.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::Device("no CUDA driver (libcuda.so) on this machine".into()));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(device_err)?;
+        // One stream orders everything; per-slice events would only add launch overhead.
+        // SAFETY: no other stream of this context touches our buffers.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let k = Kernels::load(&ctx)?;
+        Ok(CudaBackend { ctx, stream, k })
+    }
+
+    pub fn device_name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown CUDA device".into())
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(device_err)
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        s.device_ptr(&self.stream).0
+    }
+
+    fn alloc(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
+        // SAFETY: every kernel that gets a fresh tensor writes all of it.
+        let buf = unsafe { self.stream.alloc::<f32>((rows * cols).max(1)) }.map_err(device_err)?;
+        Ok(CudaTensor { rows, cols, buf })
+    }
+
+    fn upload_slice<T: cudarc::driver::DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        if data.is_empty() {
+            return unsafe { self.stream.alloc::<T>(1) }.map_err(device_err);
+        }
+        self.stream.clone_htod(data).map_err(device_err)
+    }
+
+    fn rope_arg(&self, rope: &Rope) -> Result<(RopeArg, CudaSlice<f32>, CudaSlice<u8>)> {
+        let inv = self.upload_slice(&rope.inv_freq)?;
+        let axis = self.upload_slice(&rope.axis)?;
+        let arg = RopeArg {
+            inv_freq: self.ptr(&inv),
+            axis: self.ptr(&axis),
+            rot_dim: rope.rot_dim as i32,
+            interleaved: (rope.layout == RopeLayout::InterleavedPairs) as i32,
+        };
+        Ok((arg, inv, axis))
+    }
+
+    fn launch_rows(&self, rows: usize) -> LaunchConfig {
+        LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// Rotated q and k of every row ([rows, q_width], [rows, kv_width]); with `cache`, k and v also go to `slots`.
+    fn rope_qkv(
+        &self,
+        qkv: &CudaTensor,
+        shape: &AttentionShape,
+        rope: &Rope,
+        positions: &[[u32; 3]],
+        cache: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>, &[u32])>,
+    ) -> Result<(CudaTensor, CudaTensor)> {
+        let rows = qkv.rows;
+        let q = self.alloc(rows, shape.q_width())?;
+        let k = self.alloc(rows, shape.kv_width())?;
+        let flat: Vec<u32> = positions.iter().flatten().copied().collect();
+        let pos = self.upload_slice(&flat)?;
+        let (rope_arg, _inv, _axis) = self.rope_arg(rope)?;
+        let (kc, vc, slots) = match cache {
+            Some((kc, vc, slots)) => (self.ptr(kc), self.ptr(vc), Some(self.upload_slice(slots)?)),
+            None => (0, 0, None),
+        };
+        let slots_ptr = slots.as_ref().map_or(0, |s| self.ptr(s));
+        let (heads, kv_heads, d) = (shape.num_heads as i32, shape.num_kv_heads as i32, shape.head_dim as i32);
+        let (qkv_p, pos_p, q_p, k_p) = (self.ptr(&qkv.buf), self.ptr(&pos), self.ptr(&q.buf), self.ptr(&k.buf));
+        let mut b = self.stream.launch_builder(&self.k.rope_qkv);
+        b.arg(&qkv_p).arg(&pos_p).arg(&rope_arg).arg(&heads).arg(&kv_heads).arg(&d).arg(&q_p).arg(&k_p);
+        b.arg(&kc).arg(&vc).arg(&slots_ptr);
+        // SAFETY: argument list matches kernels-cuda/attention.cu rope_qkv; buffers sized above.
+        unsafe { b.launch(self.launch_rows(rows)) }.map_err(device_err)?;
+        Ok((q, k))
+    }
+
+    /// Attention of each row over its keys (see kernels-cuda/attention.cu `attention`).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: &CudaTensor,
+        shape: &AttentionShape,
+        (k, k_stride): (u64, usize),
+        (v, v_stride): (u64, usize),
+        key_begin: &[u32],
+        key_count: &[u32],
+        paging: Option<(&[u32], &[u32], usize)>,
+    ) -> Result<CudaTensor> {
+        let out = self.alloc(q.rows, shape.q_width())?;
+        if q.rows == 0 {
+            return Ok(out);
+        }
+        let begin = self.upload_slice(key_begin)?;
+        let count = self.upload_slice(key_count)?;
+        let (table, offsets, block_size) = match paging {
+            Some((t, o, bs)) => (Some(self.upload_slice(t)?), Some(self.upload_slice(o)?), bs as i32),
+            None => (None, None, 1),
+        };
+        let d = shape.head_dim;
+        let threads = d.div_ceil(32).clamp(1, 32) as u32 * 32;
+        let cfg = LaunchConfig {
+            grid_dim: (q.rows as u32, shape.num_heads as u32, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: ((d + 32) * 4) as u32,
+        };
+        let (heads, kv_heads, di) = (shape.num_heads as i32, shape.num_kv_heads as i32, d as i32);
+        let (ks, vs) = (k_stride as i32, v_stride as i32);
+        let ptrs = [
+            self.ptr(&q.buf),
+            self.ptr(&begin),
+            self.ptr(&count),
+            table.as_ref().map_or(0, |t| self.ptr(t)),
+            offsets.as_ref().map_or(0, |t| self.ptr(t)),
+            self.ptr(&out.buf),
+        ];
+        let mut b = self.stream.launch_builder(&self.k.attention);
+        b.arg(&ptrs[0]).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale).arg(&k).arg(&ks).arg(&v).arg(&vs);
+        b.arg(&ptrs[1]).arg(&ptrs[2]).arg(&ptrs[3]).arg(&ptrs[4]).arg(&block_size).arg(&ptrs[5]);
+        // SAFETY: argument list matches kernels-cuda/attention.cu attention; every key index is inside k and v
+        // (checked by the callers).
+        unsafe { b.launch(cfg) }.map_err(device_err)?;
+        Ok(out)
+    }
+}
+
+fn check_width(x: &CudaTensor, w: &CudaSlice<f32>) -> Result<()> {
+    if x.cols != w.len() {
+        return Err(Error::InvalidInput(format!("norm of width {} applied to {} features", w.len(), x.cols)));
+    }
+    Ok(())
+}
+
+fn same_shape(a: &CudaTensor, b: &CudaTensor) -> Result<()> {
+    if a.rows != b.rows || a.cols != b.cols {
+        return Err(Error::InvalidInput(format!(
+            "shapes [{}, {}] and [{}, {}] differ",
+            a.rows, a.cols, b.rows, b.cols
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type Vector = CudaSlice<f32>;
+    type Linear = CudaLinear;
+    type Mlp = CudaMlp;
+    type Experts = CudaExperts;
+    type KvCache = CudaKvCache;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn vector(&self, t: &HostTensor) -> Result<CudaSlice<f32>> {
+        self.upload_slice(&t.to_f32_vec()?)
+    }
+
+    fn linear(&self, parts: &[LinearSource]) -> Result<CudaLinear> {
+        CudaLinear::new(self, parts)
+    }
+
+    fn mlp(&self, src: &MlpSource) -> Result<CudaMlp> {
+        CudaMlp::new(self, src)
+    }
+
+    fn experts(&self, src: &ExpertsSource) -> Result<CudaExperts> {
+        CudaExperts::new(self, src)
+    }
+
+    fn kv_cache(&self, spec: &KvCacheSpec) -> Result<CudaKvCache> {
+        let len = (spec.num_blocks * spec.block_size * spec.num_kv_heads * spec.head_dim).max(1);
+        let mut k = Vec::with_capacity(spec.num_layers);
+        let mut v = Vec::with_capacity(spec.num_layers);
+        for _ in 0..spec.num_layers {
+            k.push(self.stream.alloc_zeros::<f32>(len).map_err(device_err)?);
+            v.push(self.stream.alloc_zeros::<f32>(len).map_err(device_err)?);
+        }
+        Ok(CudaKvCache { spec: *spec, k, v })
+    }
+
+    fn embed(&self, table: &CudaLinear, ids: &[u32]) -> Result<CudaTensor> {
+        table.embed(self, ids)
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, w: &CudaSlice<f32>, eps: f32) -> Result<CudaTensor> {
+        check_width(x, w)?;
+        let out = self.alloc(x.rows, x.cols)?;
+        let (xp, op, wp, null, cols) = (self.ptr(&x.buf), self.ptr(&out.buf), self.ptr(w), 0u64, x.cols as i32);
+        let mut b = self.stream.launch_builder(&self.k.rms_norm);
+        b.arg(&xp).arg(&null).arg(&wp).arg(&eps).arg(&cols).arg(&op);
+        // SAFETY: matches kernels-cuda/elementwise.cu rms_norm.
+        unsafe { b.launch(self.launch_rows(x.rows)) }.map_err(device_err)?;
+        Ok(out)
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CudaTensor,
+        delta: &CudaTensor,
+        w: &CudaSlice<f32>,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        check_width(residual, w)?;
+        same_shape(residual, delta)?;
+        let out = self.alloc(residual.rows, residual.cols)?;
+        let (dp, rp, wp, op) = (self.ptr(&delta.buf), self.ptr(&residual.buf), self.ptr(w), self.ptr(&out.buf));
+        let cols = residual.cols as i32;
+        let mut b = self.stream.launch_builder(&self.k.rms_norm);
+        b.arg(&dp).arg(&rp).arg(&wp).arg(&eps).arg(&cols).arg(&op);
+        // SAFETY: matches kernels-cuda/elementwise.cu rms_norm (residual form).
+        unsafe { b.launch(self.launch_rows(residual.rows)) }.map_err(device_err)?;
+        Ok(out)
+    }
+
+    fn linear_forward(&self, x: &CudaTensor, w: &CudaLinear) -> Result<CudaTensor> {
+        w.forward(self, x)
+    }
+
+    fn mlp_forward(&self, x: &CudaTensor, mlp: &CudaMlp) -> Result<CudaTensor> {
+        mlp.forward(self, x)
+    }
+
+    fn moe_forward(&self, x: &CudaTensor, experts: &CudaExperts) -> Result<CudaTensor> {
+        experts.forward(self, x)
+    }
+
+    fn attention(
+        &self,
+        qkv: &CudaTensor,
+        shape: &AttentionShape,
+        rope: &Rope,
+        batch: &ForwardBatch,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) -> Result<CudaTensor> {
+        let spec = cache.spec;
+        if layer >= spec.num_layers || shape.num_kv_heads != spec.num_kv_heads || shape.head_dim != spec.head_dim {
+            return Err(Error::KvCache(format!("layer {layer} or head shape does not match the cache {spec:?}")));
+        }
+        if qkv.rows != batch.num_rows() || qkv.cols != shape.q_width() + 2 * shape.kv_width() {
+            return Err(Error::InvalidInput("attention input does not match the batch".into()));
+        }
+        // Per row: its cache slot, how many keys it sees, where its sequence's block table starts.
+        let rows = qkv.rows;
+        let (mut slots, mut counts, mut offsets) = (vec![0u32; rows], vec![0u32; rows], vec![0u32; rows]);
+        let mut tables = Vec::new();
+        let mut next = 0;
+        for s in &batch.seqs {
+            let needed = (s.context_len + s.rows.len()).div_ceil(spec.block_size);
+            if s.rows.start != next || s.block_table.len() < needed {
+                return Err(Error::KvCache("sequence rows out of order or too few KV blocks".into()));
+            }
+            if s.block_table.iter().any(|&b| b as usize >= spec.num_blocks) {
+                return Err(Error::KvCache(format!("block outside the pool of {}", spec.num_blocks)));
+            }
+            next = s.rows.end;
+            let offset = tables.len() as u32;
+            tables.extend_from_slice(&s.block_table);
+            for (i, r) in s.rows.clone().enumerate() {
+                let pos = s.context_len + i;
+                slots[r] =
+                    s.block_table[pos / spec.block_size] * spec.block_size as u32 + (pos % spec.block_size) as u32;
+                counts[r] = pos as u32 + 1;
+                offsets[r] = offset;
+            }
+        }
+        if next != rows {
+            return Err(Error::InvalidInput("forward batch rows must be covered by its sequences in order".into()));
+        }
+        let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
+        let (q, _k) = self.rope_qkv(qkv, shape, rope, &batch.positions, Some((kc, vc, &slots)))?;
+        let kvw = shape.kv_width();
+        let (kp, vp) = (self.ptr(&cache.k[layer]), self.ptr(&cache.v[layer]));
+        let zeros = vec![0u32; rows];
+        self.attend(&q, shape, (kp, kvw), (vp, kvw), &zeros, &counts, Some((&tables, &offsets, spec.block_size)))
+    }
+
+    fn segment_attention(
+        &self,
+        qkv: &CudaTensor,
+        shape: &AttentionShape,
+        rope: &Rope,
+        positions: &[[u32; 3]],
+        segments: &[Range<usize>],
+    ) -> Result<CudaTensor> {
+        let covered = segments.iter().try_fold(0, |next, s| (s.start == next && s.end >= s.start).then_some(s.end));
+        if qkv.cols != shape.q_width() + 2 * shape.kv_width()
+            || positions.len() != qkv.rows
+            || covered != Some(qkv.rows)
+        {
+            return Err(Error::InvalidInput(format!("segment attention: bad input for segments {segments:?}")));
+        }
+        let (q, k) = self.rope_qkv(qkv, shape, rope, positions, None)?;
+        let (mut begin, mut count) = (vec![0u32; qkv.rows], vec![0u32; qkv.rows]);
+        for s in segments {
+            for r in s.clone() {
+                begin[r] = s.start as u32;
+                count[r] = s.len() as u32;
+            }
+        }
+        let width = qkv.cols;
+        let v = self.ptr(&qkv.buf) + ((shape.q_width() + shape.kv_width()) * 4) as u64;
+        self.attend(&q, shape, (self.ptr(&k.buf), shape.kv_width()), (v, width), &begin, &count, None)
+    }
+
+    fn add(&self, x: &mut CudaTensor, delta: &CudaTensor) -> Result<()> {
+        same_shape(x, delta)?;
+        let n = x.rows * x.cols;
+        let (xp, dp) = (self.ptr(&x.buf), self.ptr(&delta.buf));
+        let mut b = self.stream.launch_builder(&self.k.add_inplace);
+        b.arg(&xp).arg(&dp).arg(&n);
+        let cfg = LaunchConfig { grid_dim: (n.div_ceil(256).clamp(1, 4096) as u32, 1, 1), ..self.launch_rows(1) };
+        // SAFETY: matches kernels-cuda/elementwise.cu add_inplace.
+        unsafe { b.launch(cfg) }.map_err(device_err)?;
+        Ok(())
+    }
+
+    fn layer_norm_gelu(
+        &self,
+        x: &CudaTensor,
+        weight: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        eps: f32,
+    ) -> Result<CudaTensor> {
+        check_width(x, weight)?;
+        check_width(x, bias)?;
+        let out = self.alloc(x.rows, x.cols)?;
+        let (xp, wp, bp, op, cols) =
+            (self.ptr(&x.buf), self.ptr(weight), self.ptr(bias), self.ptr(&out.buf), x.cols as i32);
+        let mut b = self.stream.launch_builder(&self.k.layer_norm_gelu);
+        b.arg(&xp).arg(&wp).arg(&bp).arg(&eps).arg(&cols).arg(&op);
+        // SAFETY: matches kernels-cuda/elementwise.cu layer_norm_gelu.
+        unsafe { b.launch(self.launch_rows(x.rows)) }.map_err(device_err)?;
+        Ok(out)
+    }
+
+    fn merge_windows(&self, x: &CudaTensor, window: usize) -> Result<CudaTensor> {
+        if window == 0 || !x.rows.is_multiple_of(window) {
+            return Err(Error::InvalidInput(format!("{} rows do not form windows of {window}", x.rows)));
+        }
+        let out = self.alloc(x.rows / window, x.cols * window)?;
+        let (xp, op, w, cols) = (self.ptr(&x.buf), self.ptr(&out.buf), window as i32, x.cols as i32);
+        let mut b = self.stream.launch_builder(&self.k.merge_windows);
+        b.arg(&xp).arg(&w).arg(&cols).arg(&op);
+        // SAFETY: matches kernels-cuda/elementwise.cu merge_windows.
+        unsafe { b.launch(self.launch_rows(out.rows)) }.map_err(device_err)?;
+        Ok(out)
+    }
+
+    fn select_rows(&self, x: &CudaTensor, rows: &[usize]) -> Result<CudaTensor> {
+        if let Some(&bad) = rows.iter().find(|&&r| r >= x.rows) {
+            return Err(Error::InvalidInput(format!("row {bad} of a {}-row tensor", x.rows)));
+        }
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        self.gather(x, &idx)
+    }
+
+    fn scatter_rows(&self, dst: &mut CudaTensor, rows: &[usize], src: &CudaTensor) -> Result<()> {
+        if src.cols != dst.cols || src.rows != rows.len() || rows.iter().any(|&r| r >= dst.rows) {
+            return Err(Error::InvalidInput("scatter rows do not fit the destination".into()));
+        }
+        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+        self.scatter(dst, &idx, None, src)
+    }
+
+    fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<CudaTensor> {
+        if data.len() != rows * cols {
+            return Err(Error::InvalidInput(format!("{} values for a [{rows}, {cols}] tensor", data.len())));
+        }
+        Ok(CudaTensor { rows, cols, buf: self.upload_slice(data)? })
+    }
+
+    fn to_host(&self, x: &CudaTensor) -> Result<Vec<f32>> {
+        let mut v = self.stream.clone_dtoh(&x.buf).map_err(device_err)?;
+        v.truncate(x.rows * x.cols);
+        Ok(v)
+    }
+}
+
+impl CudaBackend {
+    fn gather(&self, x: &CudaTensor, idx: &[u32]) -> Result<CudaTensor> {
+        let out = self.alloc(idx.len(), x.cols)?;
+        if idx.is_empty() {
+            return Ok(out);
+        }
+        let rows = self.upload_slice(idx)?;
+        let (xp, rp, op, cols) = (self.ptr(&x.buf), self.ptr(&rows), self.ptr(&out.buf), x.cols as i32);
+        let mut b = self.stream.launch_builder(&self.k.gather_rows);
+        b.arg(&xp).arg(&rp).arg(&cols).arg(&op);
+        // SAFETY: matches kernels-cuda/elementwise.cu gather_rows; indices checked by callers.
+        unsafe { b.launch(self.launch_rows(idx.len())) }.map_err(device_err)?;
+        Ok(out)
+    }
+
+    /// `dst[idx[r]] = src[r]`, or `+= weight[r] * src[r]` with weights.
+    fn scatter(&self, dst: &mut CudaTensor, idx: &[u32], weight: Option<&[f32]>, src: &CudaTensor) -> Result<()> {
+        if idx.is_empty() {
+            return Ok(());
+        }
+        let rows = self.upload_slice(idx)?;
+        let w = weight.map(|w| self.upload_slice(w)).transpose()?;
+        let (dp, rp, wp, sp) =
+            (self.ptr(&dst.buf), self.ptr(&rows), w.as_ref().map_or(0, |w| self.ptr(w)), self.ptr(&src.buf));
+        let cols = dst.cols as i32;
+        let mut b = self.stream.launch_builder(&self.k.scatter_rows);
+        b.arg(&dp).arg(&rp).arg(&wp).arg(&sp).arg(&cols);
+        // SAFETY: matches kernels-cuda/elementwise.cu scatter_rows; indices checked by callers.
+        unsafe { b.launch(self.launch_rows(idx.len())) }.map_err(device_err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,306 @@
+//! Every CUDA backend operation against the CPU backend on the same inputs and weights, at real GLM-4.5V /
+//! GLM-4.1V / vision shapes and at odd ones, then whole fixture models (greedy generation token for token).
+//! Needs a CUDA device: without one each test says so and returns.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{rel_l2, safetensors_writer::*};
+use glmv_runtime::{
+    backend::{
+        cuda::CudaBackend, AttentionShape, Backend, CpuBackend, ExpertsSource, ForwardBatch, KvCacheSpec, MlpSource,
+        Rope, Routing, SeqSpan,
+    },
+    config::RopeLayout,
+    weights::{LinearSource, WeightStore},
+};
+
+fn device() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            eprintln!("skipped: no usable CUDA device ({e})");
+            None
+        }
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("glmv-cuda-{name}-{}.safetensors", std::process::id()))
+}
+
+fn close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    assert!(got.iter().all(|v| v.is_finite()), "{what}: non-finite output");
+    let err = rel_l2(got, want);
+    eprintln!("{what}: relative L2 {err:.2e}");
+    assert!(err <= tol, "{what}: relative L2 {err:.2e} > {tol:.0e}");
+}
+
+/// f32 math on both sides, so only summation order differs.
+const TOL: f64 = 1e-4;
+
+fn linear_out<B: Backend>(b: &B, parts: &[LinearSource], x: &[f32], rows: usize) -> Vec<f32> {
+    let lin = b.linear(parts).unwrap();
+    let xt = b.upload(rows, x.len() / rows, x).unwrap();
+    b.to_host(&b.linear_forward(&xt, &lin).unwrap()).unwrap()
+}
+
+#[test]
+fn linear_matches_cpu() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng::new(1);
+    // (name, out, in, dtype): GLM-4.5V q_proj in BF16, an FP8 per-channel expert, FP8 block-128 at odd sizes.
+    let store = write(
+        &scratch("linear"),
+        &[
+            tensor("q.weight", &[12288, 4096], Data::Bf16(rng.vec(12288 * 4096, 0.02))),
+            tensor("q.bias", &[12288], Data::Bf16(rng.vec(12288, 0.1))),
+            tensor("k.weight", &[1024, 4096], Data::Bf16(rng.vec(1024 * 4096, 0.02))),
+            tensor("e.weight", &[1408, 4096], Data::Fp8(fp8_bytes(&mut rng, 1408 * 4096))),
+            tensor("e.weight_scale", &[1408, 1], Data::F32(rng.vec(1408, 0.01))),
+            tensor("b.weight", &[1000, 1500], Data::Fp8(fp8_bytes(&mut rng, 1000 * 1500))),
+            tensor("b.weight_scale_inv", &[8, 12], Data::F32(rng.vec(96, 0.01))),
+        ],
+    );
+    let qk = [store.linear("q", 12288, 4096, true, None).unwrap(), store.linear("k", 1024, 4096, false, None).unwrap()];
+    let expert = [store.linear("e", 1408, 4096, false, None).unwrap()];
+    let block = [store.linear("b", 1000, 1500, false, Some([128, 128])).unwrap()];
+    for rows in [1, 5, 8, 9, 64, 300] {
+        let x = rng.vec(rows * 4096, 1.0);
+        close(
+            &format!("bf16 q|k linear, {rows} rows"),
+            &linear_out(&gpu, &qk, &x, rows),
+            &linear_out(&CpuBackend, &qk, &x, rows),
+            TOL,
+        );
+        close(
+            &format!("fp8 per-channel linear, {rows} rows"),
+            &linear_out(&gpu, &expert, &x, rows),
+            &linear_out(&CpuBackend, &expert, &x, rows),
+            TOL,
+        );
+        let x = rng.vec(rows * 1500, 1.0);
+        close(
+            &format!("fp8 block linear, {rows} rows"),
+            &linear_out(&gpu, &block, &x, rows),
+            &linear_out(&CpuBackend, &block, &x, rows),
+            TOL,
+        );
+    }
+}
+
+fn norms_out<B: Backend>(b: &B, store: &WeightStore, x: &[f32], d: &[f32], rows: usize) -> Vec<Vec<f32>> {
+    let cols = x.len() / rows;
+    let w = b.vector(&store.get("norm").unwrap()).unwrap();
+    let bias = b.vector(&store.get("bias").unwrap()).unwrap();
+    let table = b.linear(&[store.linear("embed", 1000, cols, false, None).unwrap()]).unwrap();
+    let xt = b.upload(rows, cols, x).unwrap();
+    let dt = b.upload(rows, cols, d).unwrap();
+    let mut res = b.upload(rows, cols, x).unwrap();
+    let normed = b.add_rms_norm(&mut res, &dt, &w, 1e-5).unwrap();
+    let mut scattered = b.upload(rows, cols, x).unwrap();
+    let picked = b.select_rows(&dt, &[3, 0, 3]).unwrap();
+    b.scatter_rows(&mut scattered, &[1, 2, 0], &picked).unwrap();
+    let mut added = b.upload(rows, cols, x).unwrap();
+    b.add(&mut added, &dt).unwrap();
+    let ids: Vec<u32> = (0..rows as u32).map(|i| (i * 37) % 1000).collect();
+    vec![
+        b.to_host(&b.rms_norm(&xt, &w, 1e-5).unwrap()).unwrap(),
+        b.to_host(&normed).unwrap(),
+        b.to_host(&res).unwrap(),
+        b.to_host(&b.layer_norm_gelu(&xt, &w, &bias, 1e-5).unwrap()).unwrap(),
+        b.to_host(&b.merge_windows(&xt, 4).unwrap()).unwrap(),
+        b.to_host(&scattered).unwrap(),
+        b.to_host(&added).unwrap(),
+        b.to_host(&b.embed(&table, &ids).unwrap()).unwrap(),
+    ]
+}
+
+#[test]
+fn elementwise_ops_match_cpu() {
+    let Some(gpu) = device() else { return };
+    for (cols, rows) in [(4096, 8), (1536, 12), (100, 4)] {
+        let mut rng = Rng::new(cols as u64);
+        let store = write(
+            &scratch(&format!("norms{cols}")),
+            &[
+                tensor("norm", &[cols], Data::Bf16(rng.vec(cols, 1.0))),
+                tensor("bias", &[cols], Data::Bf16(rng.vec(cols, 0.5))),
+                tensor("embed.weight", &[1000, cols], Data::Bf16(rng.vec(1000 * cols, 1.0))),
+            ],
+        );
+        let x = rng.vec(rows * cols, 2.0);
+        let d = rng.vec(rows * cols, 1.0);
+        let names =
+            ["rms_norm", "add_rms_norm", "residual", "layer_norm_gelu", "merge_windows", "scatter", "add", "embed"];
+        let got = norms_out(&gpu, &store, &x, &d, rows);
+        let want = norms_out(&CpuBackend, &store, &x, &d, rows);
+        for ((name, g), w) in names.iter().zip(&got).zip(&want) {
+            close(&format!("{name} [{rows}, {cols}]"), g, w, TOL);
+        }
+    }
+}
+
+/// Prefill in chunks then decode steps, two sequences per batch, scrambled block tables, 3D positions.
+fn attention_out<B: Backend>(b: &B, shape: &AttentionShape, rope: &Rope, qkv: &[f32], chunks: &[usize]) -> Vec<f32> {
+    let width = shape.q_width() + 2 * shape.kv_width();
+    let spec = KvCacheSpec {
+        num_layers: 2,
+        num_blocks: 64,
+        block_size: 16,
+        num_kv_heads: shape.num_kv_heads,
+        head_dim: shape.head_dim,
+    };
+    let mut cache = b.kv_cache(&spec).unwrap();
+    let tables = [vec![7u32, 3, 60, 12, 9, 33, 1, 2], vec![40u32, 41, 0, 5, 6, 20, 21, 22]];
+    let mut out = Vec::new();
+    let mut done = 0;
+    for &len in chunks {
+        // Both sequences advance by `len` tokens; sequence 1 reuses sequence 0's qkv rows shifted by one.
+        let mut rows = Vec::new();
+        for s in 0..2 {
+            rows.extend_from_slice(&qkv[(done + s) * width..(done + s + len) * width]);
+        }
+        let batch = ForwardBatch {
+            seqs: (0..2)
+                .map(|s| SeqSpan { rows: s * len..(s + 1) * len, context_len: done, block_table: tables[s].clone() })
+                .collect(),
+            positions: (0..2)
+                .flat_map(|_| (done..done + len).map(|p| [p as u32, (p / 3) as u32, (p % 5) as u32]))
+                .collect(),
+        };
+        let x = b.upload(2 * len, width, &rows).unwrap();
+        out.extend(b.to_host(&b.attention(&x, shape, rope, &batch, &mut cache, 1).unwrap()).unwrap());
+        done += len;
+    }
+    out
+}
+
+#[test]
+fn paged_attention_matches_cpu() {
+    let Some(gpu) = device() else { return };
+    // GLM-4.5V (96:8, NeoX halves), GLM-4.1V (32:2, interleaved), and an odd small shape.
+    let cases = [
+        (96, 8, 128, RopeLayout::NeoxHalves, vec![8, 12, 12]),
+        (32, 2, 128, RopeLayout::InterleavedPairs, vec![8, 12, 12]),
+        (6, 3, 48, RopeLayout::NeoxHalves, vec![4, 4, 4]),
+    ];
+    for (heads, kv, d, layout, section) in cases {
+        let shape = AttentionShape { num_heads: heads, num_kv_heads: kv, head_dim: d, scale: (d as f32).powf(-0.5) };
+        let rot: usize = section.iter().sum::<usize>() * 2;
+        let rope = Rope {
+            rot_dim: rot,
+            layout,
+            inv_freq: (0..rot / 2).map(|i| 10000f32.powf(-((2 * i) as f32) / rot as f32)).collect(),
+            axis: section.iter().enumerate().flat_map(|(k, &n)| std::iter::repeat_n(k as u8, n)).collect(),
+        };
+        let mut rng = Rng::new(d as u64 + heads as u64);
+        let chunks = [37, 20, 1, 1, 1];
+        let total: usize = chunks.iter().sum::<usize>() + 1;
+        let qkv = rng.vec(total * (shape.q_width() + 2 * shape.kv_width()), 1.0);
+        close(
+            &format!("paged attention {heads}:{kv} d{d} {layout:?}"),
+            &attention_out(&gpu, &shape, &rope, &qkv, &chunks),
+            &attention_out(&CpuBackend, &shape, &rope, &qkv, &chunks),
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn segment_attention_matches_cpu() {
+    let Some(gpu) = device() else { return };
+    let (heads, d) = (12, 128);
+    let shape = AttentionShape { num_heads: heads, num_kv_heads: heads, head_dim: d, scale: (d as f32).powf(-0.5) };
+    let inv: Vec<f32> = (0..32).map(|i| 10000f32.powf(-((2 * i) as f32) / 64.0)).collect();
+    let rope = Rope {
+        rot_dim: d,
+        layout: RopeLayout::NeoxHalves,
+        inv_freq: inv.iter().chain(&inv).copied().collect(),
+        axis: std::iter::repeat_n(1u8, 32).chain(std::iter::repeat_n(2u8, 32)).collect(),
+    };
+    let rows = 64 + 144;
+    let mut rng = Rng::new(5);
+    let qkv = rng.vec(rows * 3 * heads * d, 1.0);
+    let positions: Vec<[u32; 3]> = (0..rows).map(|r| [0, (r / 8) as u32 % 12, (r % 8) as u32]).collect();
+    let segments = [0..64, 64..rows];
+    let run = |b: &dyn Fn(&[f32]) -> Vec<f32>| b(&qkv);
+    let gpu_out = run(&|q| {
+        let x = gpu.upload(rows, 3 * heads * d, q).unwrap();
+        gpu.to_host(&gpu.segment_attention(&x, &shape, &rope, &positions, &segments).unwrap()).unwrap()
+    });
+    let x = CpuBackend.upload(rows, 3 * heads * d, &qkv).unwrap();
+    let cpu_out =
+        CpuBackend.to_host(&CpuBackend.segment_attention(&x, &shape, &rope, &positions, &segments).unwrap()).unwrap();
+    close("vision segment attention 12 heads d128", &gpu_out, &cpu_out, TOL);
+}
+
+fn moe_out<B: Backend>(
+    b: &B,
+    store: &WeightStore,
+    experts: usize,
+    hidden: usize,
+    inter: usize,
+    routing: Routing,
+    x: &[f32],
+) -> Vec<f32> {
+    let mlp = |p: &str, i: usize| MlpSource {
+        gate_up: vec![
+            store.linear(&format!("{p}.gate_proj"), i, hidden, false, None).unwrap(),
+            store.linear(&format!("{p}.up_proj"), i, hidden, false, None).unwrap(),
+        ],
+        down: store.linear(&format!("{p}.down_proj"), hidden, i, false, None).unwrap(),
+    };
+    let src = ExpertsSource {
+        router: store.get("gate.weight").unwrap(),
+        correction_bias: Some(store.get("gate.e_score_correction_bias").unwrap()),
+        experts: (0..experts).map(|e| mlp(&format!("experts.{e}"), inter)).collect(),
+        shared: Some(mlp("shared_experts", inter)),
+        routing,
+    };
+    let e = b.experts(&src).unwrap();
+    let xt = b.upload(x.len() / hidden, hidden, x).unwrap();
+    b.to_host(&b.moe_forward(&xt, &e).unwrap()).unwrap()
+}
+
+#[test]
+fn moe_matches_cpu() {
+    let Some(gpu) = device() else { return };
+    // (experts, top_k, n_group, topk_group, hidden, inter, fp8)
+    let cases = [(64, 6, 8, 3, 512, 256, false), (128, 8, 1, 1, 1024, 352, true), (16, 4, 2, 1, 160, 96, true)];
+    for (experts, top_k, n_group, topk_group, hidden, inter, fp8) in cases {
+        let mut rng = Rng::new(experts as u64 * 7 + hidden as u64);
+        let mut tensors = vec![
+            tensor("gate.weight", &[experts, hidden], Data::Bf16(rng.vec(experts * hidden, 0.1))),
+            tensor("gate.e_score_correction_bias", &[experts], Data::F32(rng.vec(experts, 0.05))),
+        ];
+        let names: Vec<String> =
+            (0..experts).map(|e| format!("experts.{e}")).chain(["shared_experts".to_string()]).collect();
+        for p in &names {
+            for (proj, o, i) in [("gate_proj", inter, hidden), ("up_proj", inter, hidden), ("down_proj", hidden, inter)]
+            {
+                let name = format!("{p}.{proj}");
+                if fp8 {
+                    tensors.push(tensor(&format!("{name}.weight"), &[o, i], Data::Fp8(fp8_bytes(&mut rng, o * i))));
+                    tensors.push(tensor(&format!("{name}.weight_scale"), &[o, 1], Data::F32(rng.vec(o, 0.01))));
+                } else {
+                    tensors.push(tensor(&format!("{name}.weight"), &[o, i], Data::Bf16(rng.vec(o * i, 0.05))));
+                }
+            }
+        }
+        let store = write(&scratch(&format!("moe{experts}")), &tensors);
+        let routing = Routing { top_k, n_group, topk_group, norm_topk_prob: n_group > 1, routed_scaling_factor: 2.5 };
+        for tokens in [1, 7, 90] {
+            let x = rng.vec(tokens * hidden, 1.0);
+            close(
+                &format!("moe {experts} experts top-{top_k} groups {n_group}/{topk_group} fp8={fp8}, {tokens} tokens"),
+                &moe_out(&gpu, &store, experts, hidden, inter, routing, &x),
+                &moe_out(&CpuBackend, &store, experts, hidden, inter, routing, &x),
+                TOL,
+            );
+        }
+    }
+}
