@@ -7,7 +7,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use glmv_runtime::{
-    backend::{Backend as _, CpuBackend},
+    backend::{Backend, CpuBackend},
     engine::sampler::SamplingParams,
     pipeline::{GenerateOptions, Pipeline, Prompt},
 };
@@ -34,6 +34,17 @@ struct ModelArgs {
     /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
     #[arg(long)]
     model_path: PathBuf,
+    /// Where to run: `auto` takes the first CUDA device when this build has kernels and a driver is present,
+    /// else the CPU.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    Auto,
+    Cpu,
+    Cuda,
 }
 
 #[derive(Args)]
@@ -84,11 +95,23 @@ struct LogitsArgs {
     top: usize,
 }
 
+/// Calls the generic command `$f(backend, $args)` on the backend `$device` selects.
+macro_rules! on_backend {
+    ($device:expr, $f:ident, $args:expr) => {
+        match pick_backend($device) {
+            Err(e) => Err(e),
+            Ok(AnyBackend::Cpu(b)) => $f(b, $args),
+            #[cfg(feature = "cuda")]
+            Ok(AnyBackend::Cuda(b)) => $f(b, $args),
+        }
+    };
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => generate(args),
-        Command::Logits(args) => logits(args),
+        Command::Generate(args) => on_backend!(args.model.device, generate, &args),
+        Command::Logits(args) => on_backend!(args.model.device, logits, &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,16 +124,42 @@ fn main() -> ExitCode {
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-fn load(path: &Path) -> Result<Pipeline<CpuBackend>, glmv_runtime::Error> {
+/// The backends this binary can run on.
+enum AnyBackend {
+    Cpu(CpuBackend),
+    #[cfg(feature = "cuda")]
+    Cuda(glmv_runtime::backend::cuda::CudaBackend),
+}
+
+fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::error::Error>> {
+    #[cfg(feature = "cuda")]
+    if device != Device::Cpu {
+        match glmv_runtime::backend::cuda::CudaBackend::new(0) {
+            Ok(b) => {
+                eprintln!("[glmv] using CUDA device 0: {}", b.device_name());
+                return Ok(AnyBackend::Cuda(b));
+            }
+            Err(e) if device == Device::Cuda => return Err(e.into()),
+            Err(e) => eprintln!("[glmv] no CUDA device ({e}); running on the CPU"),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    if device == Device::Cuda {
+        return Err("this glmv was built without the CUDA backend (cargo build --features cuda)".into());
+    }
+    Ok(AnyBackend::Cpu(CpuBackend))
+}
+
+fn load<B: Backend>(path: &Path, backend: B) -> Result<Pipeline<B>, glmv_runtime::Error> {
     let start = std::time::Instant::now();
     let mut progress = |msg: &str| eprintln!("[glmv] {msg}");
-    let pipeline = Pipeline::load(path, CpuBackend, &mut progress)?;
+    let pipeline = Pipeline::load(path, backend, &mut progress)?;
     eprintln!("[glmv] model ready in {:.2}s on the {} backend", start.elapsed().as_secs_f64(), pipeline.backend.name());
     Ok(pipeline)
 }
 
-fn generate(args: GenerateArgs) -> CliResult {
-    let p = load(&args.model.model_path)?;
+fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> CliResult {
+    let p = load(&args.model.model_path, backend)?;
     let defaults = &p.config.generation;
     let sampling = SamplingParams {
         temperature: args.temperature.or(defaults.temperature.map(|t| t as f32)).unwrap_or(1.0),
@@ -146,8 +195,8 @@ fn generate(args: GenerateArgs) -> CliResult {
     Ok(())
 }
 
-fn logits(args: LogitsArgs) -> CliResult {
-    let p = load(&args.model.model_path)?;
+fn logits<B: Backend>(backend: B, args: &LogitsArgs) -> CliResult {
+    let p = load(&args.model.model_path, backend)?;
     let ids = match (&args.input_ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(prompt)) => p.tokenizer.encode(prompt)?,

@@ -18,7 +18,7 @@ use glmv_runtime::{
 };
 
 fn device() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
+    match CudaBackend::new_poisoned(0) {
         Ok(b) => Some(b),
         Err(e) => {
             eprintln!("skipped: no usable CUDA device ({e})");

@@ -42,6 +42,9 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     k: Kernels,
+    /// Fill every fresh activation with NaN, so that a kernel that leaves part of its output unwritten fails the
+    /// parity tests instead of passing on leftover memory.
+    poison: bool,
 }
 
 /// The `Rope` struct of kernels-cuda/attention.cu.
@@ -68,7 +71,12 @@ impl CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let k = Kernels::load(&ctx)?;
-        Ok(CudaBackend { ctx, stream, k })
+        Ok(CudaBackend { ctx, stream, k, poison: false })
+    }
+
+    /// A backend whose fresh activations are NaN-filled (for tests).
+    pub fn new_poisoned(ordinal: usize) -> Result<Self> {
+        Ok(CudaBackend { poison: true, ..Self::new(ordinal)? })
     }
 
     pub fn device_name(&self) -> String {
@@ -86,6 +94,13 @@ impl CudaBackend {
     fn alloc(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
         // SAFETY: every kernel that gets a fresh tensor writes all of it.
         let buf = unsafe { self.stream.alloc::<f32>((rows * cols).max(1)) }.map_err(device_err)?;
+        if self.poison {
+            // SAFETY: the range is the allocation just made, on its own stream.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(self.ptr(&buf), 0xff, buf.num_bytes(), self.stream.cu_stream())
+            }
+            .map_err(device_err)?;
+        }
         Ok(CudaTensor { rows, cols, buf })
     }
 
