@@ -102,7 +102,7 @@ macro_rules! on_backend {
             Err(e) => Err(e),
             Ok(AnyBackend::Cpu(b)) => $f(b, $args),
             #[cfg(feature = "cuda")]
-            Ok(AnyBackend::Cuda(b)) => $f(b, $args),
+            Ok(AnyBackend::Cuda(b)) => $f(*b, $args),
         }
     };
 }
@@ -128,7 +128,7 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 enum AnyBackend {
     Cpu(CpuBackend),
     #[cfg(feature = "cuda")]
-    Cuda(glmv_runtime::backend::cuda::CudaBackend),
+    Cuda(Box<glmv_runtime::backend::cuda::CudaBackend>),
 }
 
 fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::error::Error>> {
@@ -137,7 +137,7 @@ fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::error::Error>
         match glmv_runtime::backend::cuda::CudaBackend::new(0) {
             Ok(b) => {
                 eprintln!("[glmv] using CUDA device 0: {}", b.device_name());
-                return Ok(AnyBackend::Cuda(b));
+                return Ok(AnyBackend::Cuda(Box::new(b)));
             }
             Err(e) if device == Device::Cuda => return Err(e.into()),
             Err(e) => eprintln!("[glmv] no CUDA device ({e}); running on the CPU"),

@@ -175,7 +175,7 @@ impl<B: Backend> VisionTower<B> {
 
     /// The position table resampled to each patch's grid: PyTorch `grid_sample(mode="bicubic",
     /// align_corners=False, padding_mode="border")` at the patch centre, in f32.
-    fn position_embeddings(&self, coords: &[(Grid, usize, usize)]) -> Vec<f32> {
+    fn position_embeddings(&self, coords: &[PatchCoord]) -> Vec<f32> {
         let hid = self.config.hidden_size;
         let side = self.pos_side;
         let mut out = vec![0.0f32; coords.len() * hid];
@@ -209,8 +209,11 @@ fn vision_rope(head_dim: usize) -> Rope {
     }
 }
 
-/// (grid, row, column) of every patch in merge-window order, and the row range of each temporal slice.
-fn patch_coordinates(grids: &[Grid], m: usize) -> (Vec<(Grid, usize, usize)>, Vec<Range<usize>>) {
+/// A patch: its image's grid and its row and column in it.
+type PatchCoord = (Grid, usize, usize);
+
+/// Every patch in merge-window order, and the row range of each temporal slice.
+fn patch_coordinates(grids: &[Grid], m: usize) -> (Vec<PatchCoord>, Vec<Range<usize>>) {
     let mut coords = Vec::with_capacity(grids.iter().map(Grid::patches).sum());
     let mut segments = Vec::new();
     for &g in grids {
