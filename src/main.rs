@@ -166,6 +166,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> CliResult {
         top_p: args.top_p.or(defaults.top_p.map(|t| t as f32)).unwrap_or(1.0),
         top_k: args.top_k.or(defaults.top_k).unwrap_or(0),
         seed: args.seed,
+        ..Default::default()
     };
     let prompt_ids = p.tokenizer.encode(&args.prompt)?;
     let options = GenerateOptions { max_tokens: args.max_tokens, sampling, ignore_eos: args.ignore_eos };

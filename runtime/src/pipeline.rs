@@ -32,6 +32,22 @@ pub struct MediaInput {
     pub pixel_values: Vec<f32>,
 }
 
+impl MediaInput {
+    /// A content hash of what the vision tower sees (grid and pixels): equal media share KV blocks and vision
+    /// embeddings, different media never do.
+    pub fn content_hash(&self) -> u64 {
+        let mut h = crate::engine::blocks::block_hash(
+            self.kind as u64,
+            &[self.grid.t as u64, self.grid.h as u64, self.grid.w as u64],
+        );
+        for chunk in self.pixel_values.chunks(64) {
+            let words: Vec<u64> = chunk.iter().map(|v| v.to_bits() as u64).collect();
+            h = crate::engine::blocks::block_hash(h, &words);
+        }
+        h
+    }
+}
+
 /// Token ids with their placeholder runs already expanded, and the media that fill them, in prompt order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Prompt {
@@ -93,6 +109,26 @@ impl<B: Backend> Pipeline<B> {
         }
     }
 
+    /// Vision embeddings [placeholder tokens, hidden] of `media`, in prompt order, on the host.
+    pub fn vision_embeddings(&self, media: &[MediaInput]) -> Result<Vec<f32>> {
+        if media.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pixels: Vec<f32> = media.iter().flat_map(|m| m.pixel_values.iter().copied()).collect();
+        let grids: Vec<Grid> = media.iter().map(|m| m.grid).collect();
+        self.backend.to_host(&self.vision.forward(&self.backend, &pixels, &grids)?)
+    }
+
+    /// 3D positions of every prompt token and the decode offset.
+    pub fn positions(&self, prompt: &Prompt) -> Result<(Vec<[u32; 3]>, i64)> {
+        let grids: Vec<MediaGrid> = prompt.media.iter().map(|m| MediaGrid { kind: m.kind, grid: m.grid }).collect();
+        mrope_positions(&prompt.ids, &self.config.tokens, &grids, self.config.vision.spatial_merge_size)
+    }
+
+    pub(crate) fn check_prompt_ids(&self, ids: &[u32]) -> Result<()> {
+        self.check_ids(ids)
+    }
+
     /// Embeddings of the vision tower's output for every media item, scattered over the placeholder tokens.
     fn prepare(&self, prompt: &Prompt) -> Result<Prepared> {
         if prompt.ids.is_empty() {
@@ -100,16 +136,14 @@ impl<B: Backend> Pipeline<B> {
         }
         self.check_ids(&prompt.ids)?;
         let tokens = &self.config.tokens;
-        let grids: Vec<MediaGrid> = prompt.media.iter().map(|m| MediaGrid { kind: m.kind, grid: m.grid }).collect();
-        let (positions, rope_delta) =
-            mrope_positions(&prompt.ids, tokens, &grids, self.config.vision.spatial_merge_size)?;
+        let (positions, rope_delta) = self.positions(prompt)?;
         let mut hidden = self.model.embed(&self.backend, &prompt.ids)?;
         if !prompt.media.is_empty() {
-            let pixels: Vec<f32> = prompt.media.iter().flat_map(|m| m.pixel_values.iter().copied()).collect();
-            let media_grids: Vec<Grid> = prompt.media.iter().map(|m| m.grid).collect();
-            let embeds = self.vision.forward(&self.backend, &pixels, &media_grids)?;
+            let embeds = self.vision_embeddings(&prompt.media)?;
             let rows: Vec<usize> =
                 prompt.ids.iter().enumerate().filter(|(_, &t)| t == tokens.image).map(|(i, _)| i).collect();
+            let width = self.model.config.hidden_size;
+            let embeds = self.backend.upload(embeds.len() / width, width, &embeds)?;
             self.backend.scatter_rows(&mut hidden, &rows, &embeds)?;
         }
         Ok(Prepared { embeddings: self.backend.to_host(&hidden)?, positions, rope_delta })

@@ -1,4 +1,8 @@
 //! The engine core: request scheduling and sampling. Uses only `core` and `alloc` (no_std-friendly).
 pub mod blocks;
+#[cfg(feature = "std")]
+mod core;
+#[cfg(feature = "std")]
+pub use self::core::{Engine, EngineConfig, Event, EventKind, FinishReason, Request, RequestId, TokenInfo, Usage};
 pub mod sampler;
 pub mod scheduler;
