@@ -152,7 +152,8 @@ fn seeded_sampling_is_reproducible_across_batches() {
     let vocab = engine(fixture, config()).pipeline.model.vocab_size();
     let mut reqs = requests(vocab, None);
     for (i, r) in reqs.iter_mut().enumerate() {
-        r.sampling = SamplingParams { temperature: 0.9, top_p: 0.95, top_k: 50, seed: 1000 + i as u64, ..Default::default() };
+        r.sampling =
+            SamplingParams { temperature: 0.9, top_p: 0.95, top_k: 50, seed: 1000 + i as u64, ..Default::default() };
         r.ignore_eos = true;
         r.stop_token_ids.clear();
     }
@@ -179,7 +180,16 @@ fn prefix_reuse_is_reported_and_exact() {
     };
     let with_image = |img: MediaInput, tail: u32| {
         let mut ids = system.clone();
-        ids.extend([tokens.image_start, tokens.image, tokens.image, tokens.image, tokens.image, tokens.image_end, tail, tail]);
+        ids.extend([
+            tokens.image_start,
+            tokens.image,
+            tokens.image,
+            tokens.image,
+            tokens.image,
+            tokens.image_end,
+            tail,
+            tail,
+        ]);
         let mut r = Request::new(Prompt { ids, media: vec![img] }, 5);
         r.sampling.temperature = 0.0;
         r.ignore_eos = true;
