@@ -62,13 +62,18 @@ fn run(e: &mut Engine<CpuBackend>) -> BTreeMap<RequestId, Outcome> {
     out
 }
 
-/// 32 requests of mixed prompt lengths and stop conditions, some with an image.
-fn requests(vocab: usize, image: Option<(u32, u32)>) -> Vec<Request> {
+/// Ordinary tokens of a checkpoint: ids below its first special token.
+fn plain_tokens(e: &Engine<CpuBackend>) -> u32 {
+    e.pipeline.tokenizer.token_to_id("<|endoftext|>").expect("GLM-V tokenizers have <|endoftext|>")
+}
+
+/// 32 requests of mixed prompt lengths and stop conditions, some with an image. Text ids are below `plain`.
+fn requests(plain: u32, image: Option<(u32, u32)>) -> Vec<Request> {
     let mut rng = safetensors_writer::Rng::new(42);
     (0..32)
         .map(|i| {
             let len = 1 + (rng.next_u32() % 40) as usize;
-            let mut ids: Vec<u32> = (0..len).map(|_| rng.next_u32() % (vocab as u32 - 64)).collect();
+            let mut ids: Vec<u32> = (0..len).map(|_| rng.next_u32() % plain).collect();
             let mut media = Vec::new();
             if let (Some((start, image)), true) = (image, i % 5 == 0) {
                 // A 4x4 patch grid: 4 placeholder tokens after 2x2 merge.
@@ -127,10 +132,9 @@ fn batched(fixture: &str, config: EngineConfig, reqs: &[Request]) -> (Vec<Outcom
 fn batching_chunking_and_preemption_do_not_change_outputs() {
     for fixture in ["moe_bf16", "dense_fp8_channel"] {
         let probe = engine(fixture, config());
-        let vocab = probe.pipeline.model.vocab_size();
         let tokens = &probe.pipeline.config.tokens;
         let patch = probe.pipeline.vision.patch_width();
-        let reqs = with_pixels(requests(vocab, Some((tokens.image_start, tokens.image))), patch);
+        let reqs = with_pixels(requests(plain_tokens(&probe), Some((tokens.image_start, tokens.image))), patch);
         let want = alone(fixture, &reqs);
         for o in &want {
             assert!(o.reason.is_some() && !o.tokens.is_empty());
@@ -149,8 +153,7 @@ fn batching_chunking_and_preemption_do_not_change_outputs() {
 #[test]
 fn seeded_sampling_is_reproducible_across_batches() {
     let fixture = "moe_bf16";
-    let vocab = engine(fixture, config()).pipeline.model.vocab_size();
-    let mut reqs = requests(vocab, None);
+    let mut reqs = requests(plain_tokens(&engine(fixture, config())), None);
     for (i, r) in reqs.iter_mut().enumerate() {
         r.sampling =
             SamplingParams { temperature: 0.9, top_p: 0.95, top_k: 50, seed: 1000 + i as u64, ..Default::default() };

@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use glmv_runtime::weights::WeightStore;
 use serde_json::Value;
 
+/// `tests/fixtures` of this checkout, or `$GLMV_FIXTURES` (test binaries carried to a GPU machine).
 pub fn fixtures_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    match std::env::var_os("GLMV_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    }
 }
 
 /// Every fixture directory that carries text logits from transformers, sorted by name.
