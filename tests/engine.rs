@@ -236,3 +236,57 @@ fn abort_and_overflow() {
     assert_eq!(e.stats().used_blocks, 0);
     assert_eq!(e.stats().running + e.stats().waiting, 0);
 }
+
+#[test]
+fn handle_streams_events_and_dropping_a_stream_aborts() {
+    use glmv_runtime::engine::EngineHandle;
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
+    let fixture = "moe_fp8_channel";
+    let plain = plain_tokens(&engine(fixture, config()));
+    let reqs: Vec<Request> = requests(plain, None).into_iter().take(6).collect();
+    let want = alone(fixture, &reqs);
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let counter = wakes.clone();
+    let handle = EngineHandle::spawn(
+        engine(fixture, config()),
+        Box::new(move || {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }),
+    );
+    let mut streams: Vec<_> = reqs.iter().map(|r| handle.submit(r.clone()).unwrap()).collect();
+    for (stream, want) in streams.iter_mut().zip(&want) {
+        let mut got = Outcome::default();
+        while let Some(ev) = stream.recv() {
+            match ev.kind {
+                EventKind::Token { token, text } => {
+                    got.tokens.push(token.id);
+                    got.text += &text;
+                }
+                EventKind::Finished { reason, usage, .. } => {
+                    got.reason = Some(reason);
+                    got.cached = usage.cached_tokens;
+                }
+            }
+        }
+        assert_eq!(&got, want);
+    }
+    assert!(wakes.load(Ordering::Relaxed) > 0);
+
+    // A long request whose client goes away after its first token.
+    let mut long = Request::new(Prompt::text(vec![3; 20]), 4000);
+    long.ignore_eos = true;
+    let mut stream = handle.submit(long).unwrap();
+    assert!(matches!(stream.recv().unwrap().kind, EventKind::Token { .. }));
+    drop(stream);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while handle.stats().used_blocks > 0 || handle.stats().running > 0 {
+        assert!(std::time::Instant::now() < deadline, "aborted request still holds {:?}", handle.stats());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let err = handle.submit(Request::new(Prompt::text(vec![]), 1)).err().unwrap().to_string();
+    assert!(err.contains("empty"), "{err}");
+}

@@ -321,6 +321,11 @@ impl<B: Backend> Engine<B> {
         !self.seqs.is_empty()
     }
 
+    /// Whether any completion of `request` is still generating.
+    pub fn is_running(&self, request: RequestId) -> bool {
+        self.seqs.values().any(|s| s.request == request)
+    }
+
     pub fn stats(&self) -> SchedulerStats {
         self.scheduler.stats()
     }
