@@ -107,30 +107,72 @@ impl Rng {
 
 /// Index of the largest logit; the lowest index wins ties, NaN never wins.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
+    let (mut best, mut best_value) = (0usize, f32::NEG_INFINITY);
+    let mut found = false;
     for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] || logits[best].is_nan() {
-            best = i;
+        if v > best_value || (!found && !v.is_nan()) {
+            (best, best_value, found) = (i, v, true);
         }
     }
     best as u32
 }
 
+/// Candidates examined before falling back to sorting the whole vocabulary.
+const PARTIAL_CANDIDATES: usize = 1024;
+
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     if params.temperature <= 0.0 || logits.len() <= 1 {
         return argmax(logits);
     }
-    // Candidates sorted by logit, best first, cut to top-k.
+    let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return argmax(logits);
+    }
+    let inv_t = 1.0 / params.temperature;
+    let weight = |v: f32| if v.is_nan() { 0.0 } else { libm::expf((v - max) * inv_t) };
+    let filtered = params.top_k > 0 || params.top_p < 1.0 || params.min_p > 0.0;
+    if !filtered {
+        // Plain temperature sampling: one pass for the total, one to find the draw.
+        let total: f32 = logits.iter().map(|&v| weight(v)).sum();
+        let mut r = rng.next_f32() * total;
+        let mut last = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            let w = weight(v);
+            if w > 0.0 {
+                if r < w {
+                    return i as u32;
+                }
+                r -= w;
+                last = i;
+            }
+        }
+        return last as u32;
+    }
+    let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
     let mut cand: Vec<(u32, f32)> =
         logits.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
-    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if params.top_k > 0 {
-        cand.truncate(params.top_k);
+    let total_all: f32 = cand.iter().map(|&(_, v)| weight(v)).sum();
+    let keep = if params.top_k > 0 { params.top_k.min(cand.len()) } else { cand.len() };
+    // Most of the vocabulary is irrelevant: look at the best candidates first, and sort everything only when they
+    // cannot decide the result.
+    let partial = keep.min(PARTIAL_CANDIDATES);
+    if partial < cand.len() {
+        cand.select_nth_unstable_by(partial - 1, by_logit);
+        let head_mass: f32 = cand[..partial].iter().map(|&(_, v)| weight(v)).sum();
+        // The head holds the result when it is the whole top-k set, or (no top-k) when it covers the nucleus and
+        // every token outside it is below the min-p floor (weights are relative to the best token's, which is 1).
+        let is_top_k_set = partial == keep;
+        let covers_nucleus = params.top_p >= 1.0 || head_mass >= params.top_p * total_all;
+        let rest_below_min_p = params.min_p <= 0.0 || weight(cand[partial - 1].1) < params.min_p;
+        if is_top_k_set || (params.top_k == 0 && covers_nucleus && rest_below_min_p) {
+            cand.truncate(partial);
+        }
     }
-    let Some(&(_, max)) = cand.first() else { return argmax(logits) };
-    let mut probs: Vec<f32> = cand.iter().map(|&(_, v)| libm::expf((v - max) / params.temperature)).collect();
-    let total: f32 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
+    cand.sort_unstable_by(by_logit);
+    cand.truncate(keep);
+    // Probabilities over the top-k set (the whole vocabulary without top-k).
+    let denominator = if params.top_k > 0 { cand.iter().map(|&(_, v)| weight(v)).sum() } else { total_all };
+    let mut probs: Vec<f32> = cand.iter().map(|&(_, v)| weight(v) / denominator).collect();
     if params.min_p > 0.0 {
         // Sorted descending, so the kept tokens are a prefix.
         let floor = probs[0] * params.min_p;
@@ -217,6 +259,61 @@ mod tests {
         assert!((0..500).all(|_| sample(&logits, &p, &mut rng) != 2));
         let lp = log_softmax(&logits);
         assert!((lp.iter().map(|l| libm::expf(*l)).sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    /// The partial-selection shortcut must draw exactly what sorting the whole vocabulary draws.
+    #[test]
+    fn shortcut_matches_full_sort() {
+        let mut rng = Rng::new(17);
+        let logits: Vec<f32> = (0..5000).map(|_| rng.next_f32() * 12.0 - 6.0).collect();
+        for params in [
+            SamplingParams { top_k: 40, ..Default::default() },
+            SamplingParams { top_k: 3000, top_p: 0.8, ..Default::default() },
+            SamplingParams { top_p: 0.05, temperature: 0.5, ..Default::default() },
+            SamplingParams { top_p: 0.99, ..Default::default() },
+            SamplingParams { min_p: 0.5, ..Default::default() },
+            SamplingParams { min_p: 0.001, temperature: 2.0, ..Default::default() },
+        ] {
+            // Reference: the same semantics with every token sorted.
+            let reference = |r: &mut Rng| {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+                cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                let w: Vec<f32> = cand.iter().map(|c| libm::expf((c.1 - max) / params.temperature)).collect();
+                let keep = if params.top_k > 0 { params.top_k } else { w.len() };
+                let den: f32 = if params.top_k > 0 { w[..keep].iter().sum() } else { w.iter().sum() };
+                let mut probs: Vec<f32> = w[..keep].iter().map(|x| x / den).collect();
+                if params.min_p > 0.0 {
+                    let floor = probs[0] * params.min_p;
+                    let k = probs.iter().take_while(|&&p| p >= floor).count().max(1);
+                    probs.truncate(k);
+                }
+                if params.top_p < 1.0 {
+                    let mut acc = 0.0;
+                    let k = probs
+                        .iter()
+                        .position(|&p| {
+                            acc += p;
+                            acc >= params.top_p
+                        })
+                        .map_or(probs.len(), |i| i + 1);
+                    probs.truncate(k);
+                }
+                let total: f32 = probs.iter().sum();
+                let mut x = r.next_f32() * total;
+                for (i, p) in probs.iter().enumerate() {
+                    if x < *p {
+                        return cand[i].0;
+                    }
+                    x -= p;
+                }
+                cand[probs.len() - 1].0
+            };
+            let (mut a, mut b) = (Rng::new(5), Rng::new(5));
+            for _ in 0..200 {
+                assert_eq!(sample(&logits, &params, &mut a), reference(&mut b), "{params:?}");
+            }
+        }
     }
 
     #[test]

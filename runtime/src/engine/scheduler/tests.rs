@@ -190,3 +190,27 @@ fn random_submit_abort_finish_never_leaks() {
     // The runs must have exercised the interesting paths.
     assert!(preemptions > 0 && hits > 0, "preemptions {preemptions}, prefix hits {hits}");
 }
+
+#[test]
+fn many_decode_steps_stay_decodes() {
+    let mut s = sched(64 * 5000, 16, 64, 8192);
+    for id in 0..64u64 {
+        s.submit(id, (0..1024).map(|t| t + id * 10_000).collect(), 1 << 16, 0).unwrap();
+    }
+    let mut token = 0u64;
+    let mut plan = s.schedule();
+    let mut decode_steps = 0;
+    for _ in 0..3000 {
+        s.complete(&plan);
+        for ch in plan.chunks.iter().filter(|ch| ch.samples) {
+            token += 1;
+            s.append(ch.seq, token);
+        }
+        plan = s.schedule();
+        if plan.chunks.len() == 64 && plan.chunks.iter().all(|c| c.len == 1) {
+            decode_steps += 1;
+        }
+    }
+    assert_eq!(s.stats().preemptions, 0);
+    assert!(decode_steps > 2900, "{decode_steps} {:?}", s.stats());
+}
