@@ -84,12 +84,17 @@ fn generate_stops_at_eos_and_samples_reproducibly() {
 
 #[test]
 fn logits_json_matches_reference() {
-    let dir = &text_fixtures()[0];
+    for dir in text_fixtures() {
+        logits_json_matches_reference_on(&dir);
+    }
+}
+
+fn logits_json_matches_reference_on(dir: &Path) {
     let exp = &expected_prompts(dir)[0];
     let ckpt = dir.join("checkpoint");
     let id_list: Vec<String> = exp.prompt_ids.iter().map(u32::to_string).collect();
     for args in [vec!["--input-ids", &id_list.join(",")], vec!["--prompt", &exp.text]] {
-        let mut full = vec!["logits", "--model-path", ckpt.to_str().unwrap(), "--json"];
+        let mut full = vec!["logits", "--model-path", ckpt.to_str().unwrap(), "--json", "--device", "cpu"];
         full.extend(args.iter().copied());
         let v = json_stdout(&glmv(&full));
         assert_eq!(ids(&v["prompt_token_ids"]), exp.prompt_ids);
