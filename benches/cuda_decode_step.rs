@@ -159,6 +159,7 @@ fn main() {
             block_size: 16,
             num_kv_heads: kv,
             head_dim: d,
+            dtype: glmv_runtime::backend::KvDtype::Bf16,
         };
         let mut cache = be.kv_cache(&spec).unwrap();
         let qkv_x = be.upload(1, (heads + 2 * kv) * d, &vec![0.1; (heads + 2 * kv) * d]).unwrap();

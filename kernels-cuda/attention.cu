@@ -23,10 +23,10 @@ __device__ __forceinline__ void rotate_head(float* head, const Rope& r, const ui
 }
 
 // One block per row: q_out = rotated q; k_out = rotated k; when k_cache != nullptr, rotated k and v go to the cache
-// at slots[row]. qkv rows are [q | k | v].
+// at slots[row], stored as kv_dtype (KV_*; FP8 with a scale per slot and kv head). qkv rows are [q | k | v].
 extern "C" __global__ void rope_qkv(const float* qkv, const uint32_t* positions, Rope rope, int heads, int kv_heads,
-                                    int d, float* q_out, float* k_out, float* k_cache, float* v_cache,
-                                    const uint32_t* slots) {
+                                    int d, float* q_out, float* k_out, void* k_cache, void* v_cache, float* k_scale,
+                                    float* v_scale, int kv_dtype, const uint32_t* slots) {
   size_t row = blockIdx.x;
   int qw = heads * d, kvw = kv_heads * d, width = qw + 2 * kvw;
   const float* src = qkv + row * width;
@@ -43,11 +43,26 @@ extern "C" __global__ void rope_qkv(const float* qkv, const uint32_t* positions,
     rotate_head(head, rope, pos, lane, 32);
   }
   __syncthreads();
-  if (k_cache != nullptr) {
-    size_t slot = slots[row];
-    for (int c = threadIdx.x; c < kvw; c += blockDim.x) {
-      k_cache[slot * kvw + c] = k[c];
-      v_cache[slot * kvw + c] = src[qw + kvw + c];
+  if (k_cache == nullptr) return;
+  size_t slot = slots[row];
+  // One warp per (kv head, k or v).
+  for (int task = warp; task < 2 * kv_heads; task += warps) {
+    int h = task % kv_heads;
+    bool is_v = task >= kv_heads;
+    const float* x = is_v ? src + qw + kvw + h * d : k + h * d;
+    void* cache = is_v ? v_cache : k_cache;
+    size_t base = slot * kvw + h * d;
+    if (kv_dtype == KV_F32) {
+      for (int c = lane; c < d; c += 32) static_cast<float*>(cache)[base + c] = x[c];
+    } else if (kv_dtype == KV_BF16) {
+      for (int c = lane; c < d; c += 32) static_cast<__nv_bfloat16*>(cache)[base + c] = __float2bfloat16(x[c]);
+    } else {
+      float absmax = 0.0f;
+      for (int c = lane; c < d; c += 32) absmax = fmaxf(absmax, fabsf(x[c]));
+      absmax = warp_max(absmax);
+      float scale = absmax > 0.0f ? absmax / 448.0f : 1.0f;
+      if (lane == 0) (is_v ? v_scale : k_scale)[slot * kv_heads + h] = scale;
+      for (int c = lane; c < d; c += 32) static_cast<__nv_fp8_e4m3*>(cache)[base + c] = __nv_fp8_e4m3(x[c] / scale);
     }
   }
 }
@@ -56,11 +71,13 @@ extern "C" __global__ void rope_qkv(const float* qkv, const uint32_t* positions,
 
 // One block per (row, head), blockDim.x >= head_dim. Query row `row` attends keys j = 0 .. key_count[row] - 1
 // whose rows in k/v are: paged (block_table != nullptr): slot of position j via the row's block table; contiguous:
-// key_begin[row] + j. k and v rows have strides k_stride / v_stride floats; head kvh starts at kvh * d.
-extern "C" __global__ void attention(const float* q, int heads, int kv_heads, int d, float scale, const float* k,
-                                     int k_stride, const float* v, int v_stride, const uint32_t* key_begin,
-                                     const uint32_t* key_count, const uint32_t* block_table,
-                                     const uint32_t* table_offset, int block_size, float* out) {
+// key_begin[row] + j. k and v rows have strides k_stride / v_stride elements of type KV; head kvh starts at kvh * d.
+// FP8 rows are scaled by k_scale / v_scale[row * kv_heads + kvh].
+template <int KV>
+__device__ void attention(const float* q, int heads, int kv_heads, int d, float scale, const void* k, int k_stride,
+                          const void* v, int v_stride, const float* k_scale, const float* v_scale,
+                          const uint32_t* key_begin, const uint32_t* key_count, const uint32_t* block_table,
+                          const uint32_t* table_offset, int block_size, float* out) {
   extern __shared__ float smem[];
   float* qs = smem;                // d
   float* scores = smem + d;        // KEY_TILE
@@ -78,10 +95,11 @@ extern "C" __global__ void attention(const float* q, int heads, int kv_heads, in
     for (int j = warp; j < n; j += warps) {
       uint32_t pos = start + j;
       size_t r = table != nullptr ? (size_t)table[pos / block_size] * block_size + pos % block_size : begin + pos;
-      const float* kr = k + r * k_stride + kvh * d;
+      size_t kbase = r * k_stride + kvh * d;
       float s = 0.0f;
-      for (int c = lane; c < d; c += 32) s += qs[c] * kr[c];
+      for (int c = lane; c < d; c += 32) s += qs[c] * kv_load<KV>(k, kbase + c);
       s = warp_sum(s);
+      if constexpr (KV == KV_FP8) s *= k_scale[r * kv_heads + kvh];
       if (lane == 0) scores[j] = s;
     }
     __syncthreads();
@@ -97,7 +115,9 @@ extern "C" __global__ void attention(const float* q, int heads, int kv_heads, in
       if (t < d) {
         uint32_t pos = start + j;
         size_t r = table != nullptr ? (size_t)table[pos / block_size] * block_size + pos % block_size : begin + pos;
-        acc += p * v[r * v_stride + kvh * d + t];
+        float val = kv_load<KV>(v, r * v_stride + kvh * d + t);
+        if constexpr (KV == KV_FP8) val *= v_scale[r * kv_heads + kvh];
+        acc += p * val;
       }
     }
     m = new_m;
@@ -105,3 +125,16 @@ extern "C" __global__ void attention(const float* q, int heads, int kv_heads, in
   }
   if (t < d) out[row * heads * d + h * d + t] = acc / l;
 }
+
+#define ATTENTION(SUFFIX, KV)                                                                                    \
+  extern "C" __global__ void attention_##SUFFIX(                                                                 \
+      const float* q, int heads, int kv_heads, int d, float scale, const void* k, int k_stride, const void* v,   \
+      int v_stride, const float* k_scale, const float* v_scale, const uint32_t* key_begin,                       \
+      const uint32_t* key_count, const uint32_t* block_table, const uint32_t* table_offset, int block_size,        \
+      float* out) {                                                                                              \
+    attention<KV>(q, heads, kv_heads, d, scale, k, k_stride, v, v_stride, k_scale, v_scale, key_begin, key_count, \
+                  block_table, table_offset, block_size, out);                                                   \
+  }
+ATTENTION(f32, KV_F32)
+ATTENTION(bf16, KV_BF16)
+ATTENTION(fp8, KV_FP8)

@@ -60,3 +60,27 @@ __device__ __forceinline__ float block_sum(float v) {
   v = lane < warps ? partial[lane] : 0.0f;
   return warp_sum(v);
 }
+
+// KV cache element types, shared with runtime/src/backend/cuda (KvDtype). FP8 values carry one f32 scale per
+// (slot, kv head): see runtime/src/backend/mod.rs `KvDtype` for the rounding rules every backend follows.
+#define KV_F32 0
+#define KV_BF16 1
+#define KV_FP8 2
+
+template <int KV>
+__device__ __forceinline__ float kv_load(const void* p, size_t i) {
+  if constexpr (KV == KV_F32) {
+    return static_cast<const float*>(p)[i];
+  } else if constexpr (KV == KV_BF16) {
+    return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  } else {
+    __nv_fp8_e4m3 v;
+    v.__x = static_cast<const uint8_t*>(p)[i];
+    return static_cast<float>(v);
+  }
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}

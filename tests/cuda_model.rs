@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use glmv_runtime::{
-    backend::{cuda::CudaBackend, CpuBackend},
+    backend::{cuda::CudaBackend, CpuBackend, KvDtype},
     engine::sampler::SamplingParams,
     model::{Grid, MediaKind},
     pipeline::{GenerateOptions, MediaInput, Pipeline, Prompt},
@@ -35,6 +35,18 @@ fn fixture_models_match_cpu() {
             assert!(err < 1e-4, "{name}: {err}");
             for i in 0..exp.all_ids().len() {
                 check_row(&format!("{name} GPU position {i}"), &g[i * exp.vocab..(i + 1) * exp.vocab], exp.row(i));
+            }
+            // BF16 and FP8 KV caches round the same way on both backends.
+            for dtype in [KvDtype::Bf16, KvDtype::Fp8E4m3] {
+                let (mut g8, mut c8) = (
+                    Pipeline::load(&ckpt, CudaBackend::new(0).unwrap(), &mut |_| {}).unwrap(),
+                    Pipeline::load(&ckpt, CpuBackend, &mut |_| {}).unwrap(),
+                );
+                g8.kv_dtype = dtype;
+                c8.kv_dtype = dtype;
+                let err = rel_l2(&g8.prompt_logits(&prompt, 0).unwrap(), &c8.prompt_logits(&prompt, 0).unwrap());
+                eprintln!("{name}: {dtype:?} KV, GPU vs CPU logits relative L2 {err:.2e}");
+                assert!(err < 1e-3, "{name} {dtype:?}: {err}");
             }
             // Greedy generation, token for token.
             let options = GenerateOptions {

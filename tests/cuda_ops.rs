@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use common::{rel_l2, safetensors_writer::*};
 use glmv_runtime::{
     backend::{
-        cuda::CudaBackend, AttentionShape, Backend, CpuBackend, ExpertsSource, ForwardBatch, KvCacheSpec, MlpSource,
-        Rope, Routing, SeqSpan,
+        cuda::CudaBackend, AttentionShape, Backend, CpuBackend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype,
+        MlpSource, Rope, Routing, SeqSpan,
     },
     config::RopeLayout,
     weights::{LinearSource, WeightStore},
@@ -145,7 +145,14 @@ fn elementwise_ops_match_cpu() {
 }
 
 /// Prefill in chunks then decode steps, two sequences per batch, scrambled block tables, 3D positions.
-fn attention_out<B: Backend>(b: &B, shape: &AttentionShape, rope: &Rope, qkv: &[f32], chunks: &[usize]) -> Vec<f32> {
+fn attention_out<B: Backend>(
+    b: &B,
+    shape: &AttentionShape,
+    rope: &Rope,
+    qkv: &[f32],
+    chunks: &[usize],
+    dtype: KvDtype,
+) -> Vec<f32> {
     let width = shape.q_width() + 2 * shape.kv_width();
     let spec = KvCacheSpec {
         num_layers: 2,
@@ -153,6 +160,7 @@ fn attention_out<B: Backend>(b: &B, shape: &AttentionShape, rope: &Rope, qkv: &[
         block_size: 16,
         num_kv_heads: shape.num_kv_heads,
         head_dim: shape.head_dim,
+        dtype,
     };
     let mut cache = b.kv_cache(&spec).unwrap();
     let tables = [vec![7u32, 3, 60, 12, 9, 33, 1, 2], vec![40u32, 41, 0, 5, 6, 20, 21, 22]];
@@ -201,12 +209,15 @@ fn paged_attention_matches_cpu() {
         let chunks = [37, 20, 1, 1, 1];
         let total: usize = chunks.iter().sum::<usize>() + 1;
         let qkv = rng.vec(total * (shape.q_width() + 2 * shape.kv_width()), 1.0);
-        close(
-            &format!("paged attention {heads}:{kv} d{d} {layout:?}"),
-            &attention_out(&gpu, &shape, &rope, &qkv, &chunks),
-            &attention_out(&CpuBackend, &shape, &rope, &qkv, &chunks),
-            TOL,
-        );
+        // The same rounding on both sides, so FP8 and BF16 caches agree as closely as f32 ones.
+        for dtype in [KvDtype::F32, KvDtype::Bf16, KvDtype::Fp8E4m3] {
+            close(
+                &format!("paged attention {heads}:{kv} d{d} {layout:?} {dtype:?} KV"),
+                &attention_out(&gpu, &shape, &rope, &qkv, &chunks, dtype),
+                &attention_out(&CpuBackend, &shape, &rope, &qkv, &chunks, dtype),
+                TOL,
+            );
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use glmv_runtime::{
-    backend::CpuBackend,
+    backend::{CpuBackend, KvDtype},
     engine::{sampler::SamplingParams, Engine, EngineConfig, EventKind, FinishReason, Request, RequestId},
     model::{Grid, MediaKind},
     pipeline::{MediaInput, Pipeline, Prompt},
@@ -26,6 +26,7 @@ fn config() -> EngineConfig {
         block_size: 4,
         num_blocks: 2048,
         mm_cache_bytes: 1 << 20,
+        kv_dtype: KvDtype::Bf16,
     }
 }
 

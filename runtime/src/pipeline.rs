@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::{
-    backend::{Backend, ForwardBatch, SeqSpan},
+    backend::{Backend, ForwardBatch, KvDtype, SeqSpan},
     config::ModelConfig,
     engine::sampler::{sample, Rng, SamplingParams},
     model::{mrope_positions, Grid, MediaGrid, MediaKind, TextModel, VisionTower},
@@ -16,6 +16,9 @@ use crate::{
 const BLOCK_SIZE: usize = 16;
 
 pub struct Pipeline<B: Backend> {
+    /// KV cache storage of single-sequence runs; F32 (exact) unless set, since these runs are the checks against
+    /// transformers.
+    pub kv_dtype: KvDtype,
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
     pub model: TextModel<B>,
@@ -92,12 +95,12 @@ impl<B: Backend> Pipeline<B> {
         let model = TextModel::load(&backend, &config, &store, progress)?;
         let vision = VisionTower::load(&backend, &config.vision, &store)?;
         progress("loaded vision tower");
-        Ok(Pipeline { config, tokenizer, model, vision, backend })
+        Ok(Pipeline { kv_dtype: KvDtype::F32, config, tokenizer, model, vision, backend })
     }
 
     fn new_cache(&self, tokens: usize) -> Result<(B::KvCache, Vec<u32>)> {
         let blocks = tokens.div_ceil(BLOCK_SIZE).max(1);
-        let cache = self.backend.kv_cache(&self.model.kv_cache_spec(blocks, BLOCK_SIZE))?;
+        let cache = self.backend.kv_cache(&self.model.kv_cache_spec(blocks, BLOCK_SIZE, self.kv_dtype))?;
         Ok((cache, (0..blocks as u32).collect()))
     }
 

@@ -65,6 +65,52 @@ pub struct ExpertsSource {
     pub routing: Routing,
 }
 
+/// How the KV cache stores keys and values. Every backend rounds the same way, so they agree on the numbers:
+/// BF16 rounds each value to nearest even; FP8 keeps one f32 scale per (token, kv head), `absmax / 448` (1 when
+/// the head is all zeros), and stores `e4m3(value / scale)` rounded to nearest even with saturation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDtype {
+    /// Exact; the reference for parity with transformers in float32.
+    F32,
+    #[default]
+    Bf16,
+    Fp8E4m3,
+}
+
+impl KvDtype {
+    /// Bytes per stored element (FP8 adds 4 bytes of scale per token and kv head).
+    pub fn element_bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::Bf16 => 2,
+            KvDtype::Fp8E4m3 => 1,
+        }
+    }
+
+    /// One head's values as the cache will give them back.
+    pub fn round_trip(self, head: &mut [f32]) {
+        use crate::weights::{bf16_to_f32, f32_to_bf16_rne, f32_to_f8e4m3_rne, F8E4M3_TABLE};
+        match self {
+            KvDtype::F32 => {}
+            KvDtype::Bf16 => head.iter_mut().for_each(|v| *v = bf16_to_f32(f32_to_bf16_rne(*v))),
+            KvDtype::Fp8E4m3 => {
+                let scale = fp8_scale(head);
+                head.iter_mut().for_each(|v| *v = F8E4M3_TABLE[f32_to_f8e4m3_rne(*v / scale) as usize] * scale);
+            }
+        }
+    }
+}
+
+/// The FP8 KV scale of one head's values: absmax / 448, or 1 for an all-zero head.
+pub fn fp8_scale(head: &[f32]) -> f32 {
+    let absmax = head.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if absmax > 0.0 {
+        absmax / 448.0
+    } else {
+        1.0
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KvCacheSpec {
     pub num_layers: usize,
@@ -73,6 +119,7 @@ pub struct KvCacheSpec {
     pub block_size: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    pub dtype: KvDtype,
 }
 
 /// The tokens of one sequence inside a forward batch.
@@ -181,4 +228,26 @@ pub trait Backend: Send + Sync {
     fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Tensor>;
     /// Copies a tensor to the host as row-major f32.
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_round_trip_error_is_bounded() {
+        let head: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let absmax = head.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        for (dtype, rel) in [(KvDtype::F32, 0.0), (KvDtype::Bf16, 1.0 / 256.0), (KvDtype::Fp8E4m3, 1.0 / 16.0)] {
+            let mut x = head.clone();
+            dtype.round_trip(&mut x);
+            for (a, b) in x.iter().zip(&head) {
+                // Relative to the value, or to the scale's resolution for the smallest FP8 values.
+                assert!((a - b).abs() <= rel * b.abs().max(absmax / 64.0) + f32::EPSILON, "{dtype:?}: {a} vs {b}");
+            }
+        }
+        let mut zeros = vec![0.0f32; 8];
+        KvDtype::Fp8E4m3.round_trip(&mut zeros);
+        assert!(zeros.iter().all(|&v| v == 0.0));
+    }
 }

@@ -12,7 +12,7 @@ use super::{
     scheduler::{Chunk, Scheduler, SchedulerConfig, SchedulerStats, SeqId, SubmitError},
 };
 use crate::{
-    backend::{Backend, ForwardBatch, SeqSpan},
+    backend::{Backend, ForwardBatch, KvDtype, SeqSpan},
     pipeline::{Pipeline, Prompt},
     Error, Result,
 };
@@ -27,6 +27,7 @@ pub struct EngineConfig {
     pub num_blocks: usize,
     /// Bytes of vision embeddings kept for repeated media.
     pub mm_cache_bytes: usize,
+    pub kv_dtype: KvDtype,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -191,7 +192,7 @@ const MAX_N: u64 = 1 << 8;
 
 impl<B: Backend> Engine<B> {
     pub fn new(pipeline: Pipeline<B>, config: EngineConfig) -> Result<Self> {
-        let spec = pipeline.model.kv_cache_spec(config.num_blocks, config.block_size);
+        let spec = pipeline.model.kv_cache_spec(config.num_blocks, config.block_size, config.kv_dtype);
         let cache = pipeline.backend.kv_cache(&spec)?;
         let scheduler = Scheduler::new(
             SchedulerConfig {

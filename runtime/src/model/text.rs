@@ -4,7 +4,7 @@
 //! `first_k_dense_replace` layers, MoE after. Glm4v (GLM-4.1V/Glyph/4.6V-Flash) layer adds a norm after attention
 //! and one after the MLP: `h = x + norm_a(attn(norm1(x))); out = h + norm_m(mlp(norm2(h)))`.
 use crate::{
-    backend::{AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, MlpSource, Rope, Routing},
+    backend::{AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope, Routing},
     config::{Family, ModelConfig, TextConfig},
     weights::WeightStore,
     Error, Result,
@@ -155,8 +155,9 @@ impl<B: Backend> TextModel<B> {
     }
 
     /// A KV cache of `num_blocks` blocks of `block_size` tokens for this model.
-    pub fn kv_cache_spec(&self, num_blocks: usize, block_size: usize) -> KvCacheSpec {
+    pub fn kv_cache_spec(&self, num_blocks: usize, block_size: usize, dtype: KvDtype) -> KvCacheSpec {
         KvCacheSpec {
+            dtype,
             num_layers: self.layers.len(),
             num_blocks,
             block_size,

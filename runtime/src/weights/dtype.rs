@@ -106,6 +106,41 @@ pub const fn f8e4m3_to_f32(b: u8) -> f32 {
     }
 }
 
+/// f32 to BF16 bits, rounding to nearest even (as CUDA's `__float2bfloat16`).
+pub fn f32_to_bf16_rne(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    ((bits + 0x7fff + ((bits >> 16) & 1)) >> 16) as u16
+}
+
+/// f32 to FP8 E4M3FN, rounding to nearest even and saturating to +-448 (as CUDA's `__nv_cvt_float_to_fp8` with
+/// `__NV_SATFINITE`). NaN maps to 0x7f.
+pub fn f32_to_f8e4m3_rne(x: f32) -> u8 {
+    if x.is_nan() {
+        return 0x7f;
+    }
+    let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+    let a = x.abs();
+    if a >= 448.0 {
+        return sign | 0x7e;
+    }
+    // Candidates are all finite magnitudes 0x00..=0x7e, increasing with the code: pick the nearest, ties to even.
+    let (mut lo, mut hi) = (0u8, 0x7eu8);
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if F8E4M3_TABLE[mid as usize] <= a {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let (vl, vh) = (F8E4M3_TABLE[lo as usize], F8E4M3_TABLE[hi as usize]);
+    let code = if a - vl < vh - a || (a - vl == vh - a && lo % 2 == 0) || a <= vl { lo } else { hi };
+    sign | code
+}
+
 /// All 256 FP8 E4M3 values, for table lookups on hot paths.
 pub static F8E4M3_TABLE: [f32; 256] = {
     let mut t = [0.0f32; 256];
@@ -157,6 +192,24 @@ mod tests {
         assert_eq!(f8e4m3_to_f32(0x01), 2f32.powi(-9)); // smallest subnormal
         assert_eq!(f8e4m3_to_f32(0x3c), 1.5);
         assert!(f8e4m3_to_f32(0x7f).is_nan());
+    }
+
+    #[test]
+    fn rounding_to_bf16_and_fp8() {
+        assert_eq!(f32_to_bf16_rne(1.0), 0x3f80);
+        assert_eq!(f32_to_bf16_rne(f32::from_bits(0x3f80_8000)), 0x3f80); // tie to even
+        assert_eq!(f32_to_bf16_rne(f32::from_bits(0x3f81_8000)), 0x3f82);
+        assert_eq!(f32_to_f8e4m3_rne(1.0), 0x38);
+        assert_eq!(f32_to_f8e4m3_rne(1000.0), 0x7e);
+        assert_eq!(f32_to_f8e4m3_rne(-1000.0), 0xfe);
+        assert_eq!(f32_to_f8e4m3_rne(1.0625), 0x38); // halfway between 1.0 and 1.125: even
+        assert_eq!(f32_to_f8e4m3_rne(1.1875), 0x3a); // halfway between 1.125 and 1.25: even
+        assert_eq!(f32_to_f8e4m3_rne(2f32.powi(-10)), 0x00); // half the smallest subnormal: even (zero)
+        for code in 0..0x7eu8 {
+            let v = f8e4m3_to_f32(code);
+            assert_eq!(f32_to_f8e4m3_rne(v), code);
+            assert_eq!(f32_to_f8e4m3_rne(-v), code | 0x80);
+        }
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::{
 
 use memmap2::Mmap;
 
-pub use dtype::{bf16_to_f32, f16_to_f32, f8e4m3_to_f32, to_f32, Dtype, F8E4M3_TABLE};
+pub use dtype::{
+    bf16_to_f32, f16_to_f32, f32_to_bf16_rne, f32_to_f8e4m3_rne, f8e4m3_to_f32, to_f32, Dtype, F8E4M3_TABLE,
+};
 pub use linear::{Fp8Scale, LinearSource, LinearWeight};
 use safetensors::{SafetensorsFile, TensorInfo};
 

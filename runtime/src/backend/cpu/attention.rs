@@ -9,7 +9,9 @@ use crate::{
     Error, Result,
 };
 
-/// Per layer, K and V as [num_blocks * block_size, num_kv_heads, head_dim] in f32.
+/// Per layer, K and V as [num_blocks * block_size, num_kv_heads, head_dim]. The reference keeps f32 storage and
+/// holds the values the spec's dtype would give back (`KvDtype::round_trip`), so its numbers are those of a BF16
+/// or FP8 cache without its memory savings.
 pub struct CpuKvCache {
     spec: KvCacheSpec,
     k: Vec<Vec<f32>>,
@@ -85,8 +87,10 @@ pub fn attention(
         for (i, r) in s.rows.clone().enumerate() {
             let pos = s.context_len + i;
             let slot = slot(&cache.spec, s, pos);
-            kc[slot * kvw..(slot + 1) * kvw].copy_from_slice(&k[r * kvw..(r + 1) * kvw]);
-            vc[slot * kvw..(slot + 1) * kvw].copy_from_slice(&qkv.row(r)[qw + kvw..]);
+            let (kd, vd) = (&mut kc[slot * kvw..(slot + 1) * kvw], &mut vc[slot * kvw..(slot + 1) * kvw]);
+            kd.copy_from_slice(&k[r * kvw..(r + 1) * kvw]);
+            vd.copy_from_slice(&qkv.row(r)[qw + kvw..]);
+            kd.chunks_mut(d).chain(vd.chunks_mut(d)).for_each(|head| cache.spec.dtype.round_trip(head));
         }
     }
 
@@ -200,7 +204,7 @@ pub(super) fn softmax(x: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RopeLayout;
+    use crate::{backend::KvDtype, config::RopeLayout};
 
     fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed;
@@ -257,7 +261,14 @@ mod tests {
         let want = naive(&qkv, &shape, &rope);
 
         // Blocks of 4 tokens in a scrambled order; prefill in chunks of 3, 5 and 3 tokens.
-        let spec = KvCacheSpec { num_layers: 2, num_blocks: 7, block_size: 4, num_kv_heads: 2, head_dim: 8 };
+        let spec = KvCacheSpec {
+            num_layers: 2,
+            num_blocks: 7,
+            block_size: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            dtype: KvDtype::F32,
+        };
         let mut cache = CpuKvCache::new(&spec);
         let table = vec![5, 0, 3];
         let mut got = Vec::new();
@@ -279,7 +290,14 @@ mod tests {
     fn too_few_blocks_is_an_error() {
         let shape = AttentionShape { num_heads: 1, num_kv_heads: 1, head_dim: 4, scale: 0.5 };
         let rope = Rope { rot_dim: 2, layout: RopeLayout::NeoxHalves, inv_freq: vec![1.0], axis: vec![0] };
-        let spec = KvCacheSpec { num_layers: 1, num_blocks: 2, block_size: 2, num_kv_heads: 1, head_dim: 4 };
+        let spec = KvCacheSpec {
+            num_layers: 1,
+            num_blocks: 2,
+            block_size: 2,
+            num_kv_heads: 1,
+            head_dim: 4,
+            dtype: KvDtype::F32,
+        };
         let mut cache = CpuKvCache::new(&spec);
         let qkv = CpuTensor::zeros(3, 12);
         let batch = ForwardBatch {

@@ -35,7 +35,8 @@ pub struct Kernels {
     pub scatter_rows: CudaFunction,
     pub merge_windows: CudaFunction,
     pub rope_qkv: CudaFunction,
-    pub attention: CudaFunction,
+    /// By KV element type: f32, bf16, fp8.
+    pub attention: [CudaFunction; 3],
     pub moe_route: CudaFunction,
 }
 
@@ -74,7 +75,11 @@ impl Kernels {
             scatter_rows: f("elementwise", "scatter_rows")?,
             merge_windows: f("elementwise", "merge_windows")?,
             rope_qkv: f("attention", "rope_qkv")?,
-            attention: f("attention", "attention")?,
+            attention: [
+                f("attention", "attention_f32")?,
+                f("attention", "attention_bf16")?,
+                f("attention", "attention_fp8")?,
+            ],
             moe_route: f("moe", "moe_route")?,
         })
     }

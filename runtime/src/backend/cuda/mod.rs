@@ -13,7 +13,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig
 
 pub use linear::{CudaExperts, CudaLinear, CudaMlp};
 
-use super::{AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, MlpSource, Rope};
+use super::{AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope};
 use crate::{
     config::RopeLayout,
     weights::{HostTensor, LinearSource},
@@ -32,10 +32,33 @@ pub struct CudaTensor {
     buf: CudaSlice<f32>,
 }
 
+/// Per layer, K and V as [slots, kv_heads, head_dim] of the spec's dtype, and for FP8 one f32 scale per
+/// (slot, kv head).
 pub struct CudaKvCache {
     spec: KvCacheSpec,
-    k: Vec<CudaSlice<f32>>,
-    v: Vec<CudaSlice<f32>>,
+    k: Vec<CudaSlice<u8>>,
+    v: Vec<CudaSlice<u8>>,
+    k_scale: Vec<CudaSlice<f32>>,
+    v_scale: Vec<CudaSlice<f32>>,
+}
+
+/// The KV_* codes of kernels-cuda/common.cuh.
+fn kv_code(dtype: KvDtype) -> i32 {
+    match dtype {
+        KvDtype::F32 => 0,
+        KvDtype::Bf16 => 1,
+        KvDtype::Fp8E4m3 => 2,
+    }
+}
+
+/// Where a cache layer lives, for the kernels: K, V, their FP8 scales, and the element type.
+#[derive(Clone, Copy)]
+struct CacheLayer {
+    k: u64,
+    v: u64,
+    k_scale: u64,
+    v_scale: u64,
+    dtype: KvDtype,
 }
 
 pub struct CudaBackend {
@@ -134,7 +157,7 @@ impl CudaBackend {
         shape: &AttentionShape,
         rope: &Rope,
         positions: &[[u32; 3]],
-        cache: Option<(&mut CudaSlice<f32>, &mut CudaSlice<f32>, &[u32])>,
+        cache: Option<(CacheLayer, &[u32])>,
     ) -> Result<(CudaTensor, CudaTensor)> {
         let rows = qkv.rows;
         let q = self.alloc(rows, shape.q_width())?;
@@ -142,16 +165,18 @@ impl CudaBackend {
         let flat: Vec<u32> = positions.iter().flatten().copied().collect();
         let pos = self.upload_slice(&flat)?;
         let (rope_arg, _inv, _axis) = self.rope_arg(rope)?;
-        let (kc, vc, slots) = match cache {
-            Some((kc, vc, slots)) => (self.ptr(kc), self.ptr(vc), Some(self.upload_slice(slots)?)),
-            None => (0, 0, None),
+        let (layer, slots) = match cache {
+            Some((layer, slots)) => (Some(layer), Some(self.upload_slice(slots)?)),
+            None => (None, None),
         };
+        let (kc, vc, ks, vs, dt) =
+            layer.map_or((0, 0, 0, 0, 0), |l| (l.k, l.v, l.k_scale, l.v_scale, kv_code(l.dtype)));
         let slots_ptr = slots.as_ref().map_or(0, |s| self.ptr(s));
         let (heads, kv_heads, d) = (shape.num_heads as i32, shape.num_kv_heads as i32, shape.head_dim as i32);
         let (qkv_p, pos_p, q_p, k_p) = (self.ptr(&qkv.buf), self.ptr(&pos), self.ptr(&q.buf), self.ptr(&k.buf));
         let mut b = self.stream.launch_builder(&self.k.rope_qkv);
         b.arg(&qkv_p).arg(&pos_p).arg(&rope_arg).arg(&heads).arg(&kv_heads).arg(&d).arg(&q_p).arg(&k_p);
-        b.arg(&kc).arg(&vc).arg(&slots_ptr);
+        b.arg(&kc).arg(&vc).arg(&ks).arg(&vs).arg(&dt).arg(&slots_ptr);
         // SAFETY: argument list matches kernels-cuda/attention.cu rope_qkv; buffers sized above.
         unsafe { b.launch(self.launch_rows(rows)) }.map_err(device_err)?;
         Ok((q, k))
@@ -163,8 +188,8 @@ impl CudaBackend {
         &self,
         q: &CudaTensor,
         shape: &AttentionShape,
-        (k, k_stride): (u64, usize),
-        (v, v_stride): (u64, usize),
+        kv: CacheLayer,
+        (k_stride, v_stride): (usize, usize),
         key_begin: &[u32],
         key_count: &[u32],
         paging: Option<(&[u32], &[u32], usize)>,
@@ -196,8 +221,9 @@ impl CudaBackend {
             offsets.as_ref().map_or(0, |t| self.ptr(t)),
             self.ptr(&out.buf),
         ];
-        let mut b = self.stream.launch_builder(&self.k.attention);
-        b.arg(&ptrs[0]).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale).arg(&k).arg(&ks).arg(&v).arg(&vs);
+        let mut b = self.stream.launch_builder(&self.k.attention[kv_code(kv.dtype) as usize]);
+        b.arg(&ptrs[0]).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale);
+        b.arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs).arg(&kv.k_scale).arg(&kv.v_scale);
         b.arg(&ptrs[1]).arg(&ptrs[2]).arg(&ptrs[3]).arg(&ptrs[4]).arg(&block_size).arg(&ptrs[5]);
         // SAFETY: argument list matches kernels-cuda/attention.cu attention; every key index is inside k and v
         // (checked by the callers).
@@ -252,14 +278,17 @@ impl Backend for CudaBackend {
     }
 
     fn kv_cache(&self, spec: &KvCacheSpec) -> Result<CudaKvCache> {
-        let len = (spec.num_blocks * spec.block_size * spec.num_kv_heads * spec.head_dim).max(1);
-        let mut k = Vec::with_capacity(spec.num_layers);
-        let mut v = Vec::with_capacity(spec.num_layers);
+        let slots = spec.num_blocks * spec.block_size;
+        let bytes = (slots * spec.num_kv_heads * spec.head_dim * spec.dtype.element_bytes()).max(1);
+        let scales = if spec.dtype == KvDtype::Fp8E4m3 { slots * spec.num_kv_heads } else { 0 }.max(1);
+        let mut cache = CudaKvCache { spec: *spec, k: vec![], v: vec![], k_scale: vec![], v_scale: vec![] };
         for _ in 0..spec.num_layers {
-            k.push(self.stream.alloc_zeros::<f32>(len).map_err(device_err)?);
-            v.push(self.stream.alloc_zeros::<f32>(len).map_err(device_err)?);
+            cache.k.push(self.stream.alloc_zeros::<u8>(bytes).map_err(device_err)?);
+            cache.v.push(self.stream.alloc_zeros::<u8>(bytes).map_err(device_err)?);
+            cache.k_scale.push(self.stream.alloc_zeros::<f32>(scales).map_err(device_err)?);
+            cache.v_scale.push(self.stream.alloc_zeros::<f32>(scales).map_err(device_err)?);
         }
-        Ok(CudaKvCache { spec: *spec, k, v })
+        Ok(cache)
     }
 
     fn embed(&self, table: &CudaLinear, ids: &[u32]) -> Result<CudaTensor> {
@@ -351,12 +380,17 @@ impl Backend for CudaBackend {
         if next != rows {
             return Err(Error::InvalidInput("forward batch rows must be covered by its sequences in order".into()));
         }
-        let (kc, vc) = (&mut cache.k[layer], &mut cache.v[layer]);
-        let (q, _k) = self.rope_qkv(qkv, shape, rope, &batch.positions, Some((kc, vc, &slots)))?;
+        let layer = CacheLayer {
+            k: self.ptr(&cache.k[layer]),
+            v: self.ptr(&cache.v[layer]),
+            k_scale: self.ptr(&cache.k_scale[layer]),
+            v_scale: self.ptr(&cache.v_scale[layer]),
+            dtype: spec.dtype,
+        };
+        let (q, _k) = self.rope_qkv(qkv, shape, rope, &batch.positions, Some((layer, &slots)))?;
         let kvw = shape.kv_width();
-        let (kp, vp) = (self.ptr(&cache.k[layer]), self.ptr(&cache.v[layer]));
         let zeros = vec![0u32; rows];
-        self.attend(&q, shape, (kp, kvw), (vp, kvw), &zeros, &counts, Some((&tables, &offsets, spec.block_size)))
+        self.attend(&q, shape, layer, (kvw, kvw), &zeros, &counts, Some((&tables, &offsets, spec.block_size)))
     }
 
     fn segment_attention(
@@ -382,9 +416,14 @@ impl Backend for CudaBackend {
                 count[r] = s.len() as u32;
             }
         }
-        let width = qkv.cols;
-        let v = self.ptr(&qkv.buf) + ((shape.q_width() + shape.kv_width()) * 4) as u64;
-        self.attend(&q, shape, (self.ptr(&k.buf), shape.kv_width()), (v, width), &begin, &count, None)
+        let contiguous = CacheLayer {
+            k: self.ptr(&k.buf),
+            v: self.ptr(&qkv.buf) + ((shape.q_width() + shape.kv_width()) * 4) as u64,
+            k_scale: 0,
+            v_scale: 0,
+            dtype: KvDtype::F32,
+        };
+        self.attend(&q, shape, contiguous, (shape.kv_width(), qkv.cols), &begin, &count, None)
     }
 
     fn add(&self, x: &mut CudaTensor, delta: &CudaTensor) -> Result<()> {
