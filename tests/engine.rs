@@ -216,6 +216,8 @@ fn prefix_reuse_is_reported_and_exact() {
     let other = run(&mut e)[&id].clone();
     assert_eq!(other.cached, 24, "another image must not reuse image blocks");
     assert!(e.stats().prefix_hits > 0);
+    // The repeated image skipped the vision tower; the new one did not.
+    assert_eq!(e.mm_cache_hits(), 1);
 }
 
 #[test]
@@ -290,4 +292,53 @@ fn handle_streams_events_and_dropping_a_stream_aborts() {
     }
     let err = handle.submit(Request::new(Prompt::text(vec![]), 1)).err().unwrap().to_string();
     assert!(err.contains("empty"), "{err}");
+}
+
+#[test]
+fn stop_strings_logprobs_and_pool_sizing() {
+    let fixture = "dense_fp8_block";
+    let mut e = engine(fixture, config());
+    let plain = plain_tokens(&e);
+    let prompt: Vec<u32> = (0..12).map(|i| (i * 7) % plain).collect();
+    let mut r = Request::new(Prompt::text(prompt.clone()), 24);
+    r.sampling.temperature = 0.0;
+    r.ignore_eos = true;
+    r.logprobs = Some(3);
+    let id = e.submit(r.clone()).unwrap();
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    while e.has_work() {
+        for ev in e.step().unwrap() {
+            assert_eq!(ev.request, id);
+            if let EventKind::Token { token, text: t } = ev.kind {
+                // Greedy picks the most likely token, and the top list is sorted, best first.
+                let top = &token.top_logprobs;
+                assert_eq!(top.len(), 3);
+                assert_eq!(top[0].0, token.id);
+                assert_eq!(token.logprob, Some(top[0].1));
+                assert!(top.windows(2).all(|w| w[0].1 >= w[1].1) && top[0].1 <= 0.0);
+                tokens.push(token.id);
+                text += &t;
+            }
+        }
+    }
+    assert_eq!(text, e.pipeline.tokenizer.decode(&tokens, true).unwrap());
+
+    // Stop at a string from the middle of that text: the content ends right before it, streamed or not.
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() >= 6, "greedy text too short to cut: {text:?}");
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let cut = text.find(&stop).unwrap();
+    r.stop_strings = vec![stop.clone()];
+    r.logprobs = None;
+    e.submit(r).unwrap();
+    let out = run(&mut e).into_values().next().unwrap();
+    assert_eq!(out.text, text[..cut], "stop string {stop:?}");
+    assert_eq!(out.reason, Some(FinishReason::Stop));
+
+    // Pool sizing from a memory budget: 1 MiB of BF16 KV for this model.
+    let blocks = Engine::blocks_for_budget(&e.pipeline, 1 << 20, 16, KvDtype::Bf16);
+    let c = &e.pipeline.model.config;
+    let per_token = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 2;
+    assert_eq!(blocks, (1 << 20) / (per_token * 16));
 }

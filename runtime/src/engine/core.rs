@@ -149,11 +149,13 @@ struct MmCache {
     bytes: usize,
     entries: HashMap<u64, Arc<Vec<f32>>>,
     order: VecDeque<u64>,
+    hits: u64,
 }
 
 impl MmCache {
     fn get(&mut self, hash: u64) -> Option<Arc<Vec<f32>>> {
         let hit = self.entries.get(&hash).cloned()?;
+        self.hits += 1;
         self.order.retain(|&h| h != hash);
         self.order.push_back(hash);
         Some(hit)
@@ -208,8 +210,13 @@ impl<B: Backend> Engine<B> {
             (Some(open), Some(close), Some(newline)) => Some(ThinkTokens { open, close, newline }),
             _ => None,
         };
-        let mm_cache =
-            MmCache { limit: config.mm_cache_bytes, bytes: 0, entries: HashMap::new(), order: VecDeque::new() };
+        let mm_cache = MmCache {
+            limit: config.mm_cache_bytes,
+            bytes: 0,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            hits: 0,
+        };
         Ok(Engine { pipeline, cache, scheduler, seqs: HashMap::new(), mm_cache, think, next_request: 0, config })
     }
 
@@ -329,6 +336,22 @@ impl<B: Backend> Engine<B> {
 
     pub fn stats(&self) -> SchedulerStats {
         self.scheduler.stats()
+    }
+
+    /// Media whose vision embeddings came from the cache instead of the vision tower.
+    pub fn mm_cache_hits(&self) -> u64 {
+        self.mm_cache.hits
+    }
+
+    /// KV blocks of `block_size` tokens that fit in `bytes` of cache memory for this model and `dtype`
+    /// (how `--mem-fraction-static` becomes a pool size).
+    pub fn blocks_for_budget(pipeline: &Pipeline<B>, bytes: usize, block_size: usize, dtype: KvDtype) -> usize {
+        let spec = pipeline.model.kv_cache_spec(1, block_size, dtype);
+        let per_token = spec.num_layers
+            * 2
+            * spec.num_kv_heads
+            * (spec.head_dim * dtype.element_bytes() + if dtype == KvDtype::Fp8E4m3 { 4 } else { 0 });
+        bytes / (per_token * block_size).max(1)
     }
 
     fn remove_seq(&mut self, seq: SeqId) {
