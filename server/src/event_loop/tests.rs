@@ -60,7 +60,10 @@ impl Service for TestService {
     }
 }
 
-fn start() -> (SocketAddr, Arc<Waker>, Arc<AtomicBool>, Arc<AtomicUsize>, Arc<Mutex<u32>>, thread::JoinHandle<()>) {
+/// The running test server: address, waker, stop flag, dropped-reply count, stream ticks, thread.
+type Running = (SocketAddr, Arc<Waker>, Arc<AtomicBool>, Arc<AtomicUsize>, Arc<Mutex<u32>>, thread::JoinHandle<()>);
+
+fn start() -> Running {
     let config = ServerConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         limits: Limits { max_header_bytes: 1024, max_body_bytes: 1024, max_headers: 32 },
