@@ -71,6 +71,66 @@ __device__ void gemv(const float* x, int M, int K, const void* w, WeightScale s,
   }
 }
 
+// The same with 16-byte weight loads, for rows whose byte length is a multiple of 16 (every real GLM-V shape): each
+// lane converts 16 bytes of weights per load. A scale that is constant along the row (per-channel FP8) is applied
+// once at the end; block scales once per 16-byte chunk (the host checks block_cols is a multiple of the chunk).
+template <int DT>
+__device__ void gemv_vec(const float* x, int M, int K, const void* w, WeightScale s, const float* bias, int N,
+                         float* y, int ldy) {
+  constexpr int EB = DT == DT_F32 ? 4 : (DT == DT_FP8 ? 1 : 2);
+  constexpr int V = 16 / EB;
+  int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+  if (warp >= N) return;
+  int n = warp;
+  const uint4* row = reinterpret_cast<const uint4*>(static_cast<const char*>(w) + (size_t)n * K * EB);
+  bool row_scale = s.scale != nullptr && s.col_blocks == 1;
+  float acc[GEMV_MAX_ROWS] = {};
+  for (int c = lane; c < K / V; c += 32) {
+    uint4 raw = row[c];
+    float wv[V];
+    if constexpr (DT == DT_FP8) {
+      const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        __nv_fp8_e4m3 f;
+        f.__x = b[j];
+        wv[j] = static_cast<float>(f);
+      }
+    } else if constexpr (DT == DT_BF16) {
+      const uint16_t* h = reinterpret_cast<const uint16_t*>(&raw);
+#pragma unroll
+      for (int j = 0; j < V; ++j) wv[j] = __uint_as_float(((uint32_t)h[j]) << 16);
+    } else if constexpr (DT == DT_F16) {
+      const __half* h = reinterpret_cast<const __half*>(&raw);
+#pragma unroll
+      for (int j = 0; j < V; ++j) wv[j] = __half2float(h[j]);
+    } else {
+      const float* f = reinterpret_cast<const float*>(&raw);
+#pragma unroll
+      for (int j = 0; j < V; ++j) wv[j] = f[j];
+    }
+    float cs = (s.scale != nullptr && !row_scale) ? s.scale[(size_t)(n / s.block_rows) * s.col_blocks + (c * V) / s.block_cols] : 1.0f;
+#pragma unroll
+    for (int m = 0; m < GEMV_MAX_ROWS; ++m) {
+      if (m < M) {
+        const float4* xv = reinterpret_cast<const float4*>(x + (size_t)m * K + (size_t)c * V);
+        float part = 0.0f;
+#pragma unroll
+        for (int j = 0; j < V / 4; ++j) {
+          float4 xx = xv[j];
+          part += xx.x * wv[4 * j] + xx.y * wv[4 * j + 1] + xx.z * wv[4 * j + 2] + xx.w * wv[4 * j + 3];
+        }
+        acc[m] += part * cs;
+      }
+    }
+  }
+  float rs = row_scale ? s.scale[n / s.block_rows] : 1.0f;
+  for (int m = 0; m < M; ++m) {
+    float v = warp_sum(acc[m]);
+    if (lane == 0) y[(size_t)m * ldy + n] = v * rs + (bias != nullptr ? bias[n] : 0.0f);
+  }
+}
+
 #define GEMM(SUFFIX, DT)                                                                                    \
   extern "C" __global__ void __launch_bounds__(256) gemm_##SUFFIX(const float* x, int M, int K, const void* w, \
                                                                   WeightScale s, const float* bias, int N,   \
@@ -80,6 +140,10 @@ __device__ void gemv(const float* x, int M, int K, const void* w, WeightScale s,
   extern "C" __global__ void gemv_##SUFFIX(const float* x, int M, int K, const void* w, WeightScale s,       \
                                            const float* bias, int N, float* y, int ldy) {                    \
     gemv<DT>(x, M, K, w, s, bias, N, y, ldy);                                                                \
+  }                                                                                                          \
+  extern "C" __global__ void gemv_vec_##SUFFIX(const float* x, int M, int K, const void* w, WeightScale s,   \
+                                               const float* bias, int N, float* y, int ldy) {                \
+    gemv_vec<DT>(x, M, K, w, s, bias, N, y, ldy);                                                            \
   }
 GEMM(f32, DT_F32)
 GEMM(bf16, DT_BF16)

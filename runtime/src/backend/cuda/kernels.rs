@@ -27,6 +27,8 @@ pub struct Kernels {
     pub embed: [CudaFunction; 4],
     pub gemm: [CudaFunction; 4],
     pub gemv: [CudaFunction; 4],
+    /// GEMV with 16-byte weight loads (rows a multiple of 16 bytes).
+    pub gemv_vec: [CudaFunction; 4],
     pub rms_norm: CudaFunction,
     pub layer_norm_gelu: CudaFunction,
     pub swiglu: CudaFunction,
@@ -67,6 +69,7 @@ impl Kernels {
             embed: per_dtype("elementwise", "embed")?,
             gemm: per_dtype("gemm", "gemm")?,
             gemv: per_dtype("gemm", "gemv")?,
+            gemv_vec: per_dtype("gemm", "gemv_vec")?,
             rms_norm: f("elementwise", "rms_norm")?,
             layer_norm_gelu: f("elementwise", "layer_norm_gelu")?,
             swiglu: f("elementwise", "swiglu")?,

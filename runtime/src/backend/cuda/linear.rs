@@ -37,6 +37,20 @@ pub struct CudaLinear {
     bias: Option<CudaSlice<f32>>,
 }
 
+impl Part {
+    /// Whether the 16-byte-load GEMV applies: rows of whole 16-byte chunks, block scales constant per chunk.
+    fn vector_loads(&self, k: usize) -> bool {
+        let bytes = match self.dtype {
+            WeightDtype::F32 => 4,
+            WeightDtype::Bf16 | WeightDtype::F16 => 2,
+            WeightDtype::Fp8 => 1,
+        };
+        let per_chunk = 16 / bytes;
+        let scale_ok = self.scale.is_none() || self.block[1] == k || self.block[1] % per_chunk == 0;
+        (k * bytes) % 16 == 0 && scale_ok
+    }
+}
+
 /// Rows of a GEMM handled by the GEMV kernel (kernels-cuda/gemm.cu GEMV_MAX_ROWS).
 const GEMV_MAX_ROWS: usize = 8;
 
@@ -128,7 +142,8 @@ impl CudaLinear {
             let yp = be.ptr(&y.buf) + (p.offset * 4) as u64;
             let (f, cfg) = if x.rows <= GEMV_MAX_ROWS {
                 let blocks = (p.rows * 32).div_ceil(256) as u32;
-                (&be.k.gemv[p.dtype as usize], LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) })
+                let kernels = if p.vector_loads(self.in_features) { &be.k.gemv_vec } else { &be.k.gemv };
+                (&kernels[p.dtype as usize], LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) })
             } else {
                 let grid = (p.rows.div_ceil(64) as u32, x.rows.div_ceil(64) as u32, 1);
                 (&be.k.gemm[p.dtype as usize], LaunchConfig { grid_dim: grid, ..be.launch_rows(1) })

@@ -70,6 +70,10 @@ pub struct CudaBackend {
     poison: bool,
 }
 
+/// kernels-cuda/attention.cu: warps per block and the largest head the kernel holds in registers.
+const ATTENTION_WARPS: u32 = 4;
+const MAX_HEAD_DIM: usize = 32 * 8;
+
 /// The `Rope` struct of kernels-cuda/attention.cu.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -205,11 +209,13 @@ impl CudaBackend {
             None => (None, None, 1),
         };
         let d = shape.head_dim;
-        let threads = d.div_ceil(32).clamp(1, 32) as u32 * 32;
+        if d > MAX_HEAD_DIM {
+            return Err(Error::InvalidInput(format!("head_dim {d} exceeds the CUDA attention kernel's {MAX_HEAD_DIM}")));
+        }
         let cfg = LaunchConfig {
             grid_dim: (q.rows as u32, shape.num_heads as u32, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: ((d + 32) * 4) as u32,
+            block_dim: (32 * ATTENTION_WARPS, 1, 1),
+            shared_mem_bytes: 0,
         };
         let (heads, kv_heads, di) = (shape.num_heads as i32, shape.num_kv_heads as i32, d as i32);
         let (ks, vs) = (k_stride as i32, v_stride as i32);
