@@ -84,3 +84,61 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
+
+// 16 bytes of weights as floats: V = 16 / sizeof(element) values.
+template <int DT>
+__device__ __forceinline__ void unpack16(const uint4& raw, float* out) {
+  if constexpr (DT == DT_FP8) {
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      __nv_fp8_e4m3 f;
+      f.__x = b[j];
+      out[j] = static_cast<float>(f);
+    }
+  } else if constexpr (DT == DT_BF16) {
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = __uint_as_float(((uint32_t)h[j]) << 16);
+  } else if constexpr (DT == DT_F16) {
+    const __half* h = reinterpret_cast<const __half*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = __half2float(h[j]);
+  } else {
+    const float* f = reinterpret_cast<const float*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) out[j] = f[j];
+  }
+}
+
+template <int DT>
+__host__ __device__ constexpr int elem_bytes() {
+  return DT == DT_F32 ? 4 : (DT == DT_FP8 ? 1 : 2);
+}
+
+// This lane's share of dot(W[n, :], x) for one x row, with 16-byte weight loads (K * element size must be a
+// multiple of 16, block scales constant over 16-byte chunks). A scale constant along the row is NOT applied here
+// (`row_scale`): the caller multiplies the reduced sum once.
+template <int DT>
+__device__ __forceinline__ float row_dot_vec(const void* w, WeightScale s, int n, int K, const float* x, int lane,
+                                             bool row_scale) {
+  constexpr int V = 16 / elem_bytes<DT>();
+  const uint4* row = reinterpret_cast<const uint4*>(static_cast<const char*>(w) + (size_t)n * K * elem_bytes<DT>());
+  float acc = 0.0f;
+  for (int c = lane; c < K / V; c += 32) {
+    float wv[V];
+    unpack16<DT>(row[c], wv);
+    const float4* xv = reinterpret_cast<const float4*>(x + (size_t)c * V);
+    float part = 0.0f;
+#pragma unroll
+    for (int j = 0; j < V / 4; ++j) {
+      float4 xx = xv[j];
+      part += xx.x * wv[4 * j] + xx.y * wv[4 * j + 1] + xx.z * wv[4 * j + 2] + xx.w * wv[4 * j + 3];
+    }
+    float cs = (s.scale != nullptr && !row_scale)
+                   ? s.scale[(size_t)(n / s.block_rows) * s.col_blocks + (c * V) / s.block_cols]
+                   : 1.0f;
+    acc += part * cs;
+  }
+  return acc;
+}

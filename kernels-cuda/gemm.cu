@@ -77,7 +77,7 @@ __device__ void gemv(const float* x, int M, int K, const void* w, WeightScale s,
 template <int DT>
 __device__ void gemv_vec(const float* x, int M, int K, const void* w, WeightScale s, const float* bias, int N,
                          float* y, int ldy) {
-  constexpr int EB = DT == DT_F32 ? 4 : (DT == DT_FP8 ? 1 : 2);
+  constexpr int EB = elem_bytes<DT>();
   constexpr int V = 16 / EB;
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
   if (warp >= N) return;
@@ -88,27 +88,7 @@ __device__ void gemv_vec(const float* x, int M, int K, const void* w, WeightScal
   for (int c = lane; c < K / V; c += 32) {
     uint4 raw = row[c];
     float wv[V];
-    if constexpr (DT == DT_FP8) {
-      const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        __nv_fp8_e4m3 f;
-        f.__x = b[j];
-        wv[j] = static_cast<float>(f);
-      }
-    } else if constexpr (DT == DT_BF16) {
-      const uint16_t* h = reinterpret_cast<const uint16_t*>(&raw);
-#pragma unroll
-      for (int j = 0; j < V; ++j) wv[j] = __uint_as_float(((uint32_t)h[j]) << 16);
-    } else if constexpr (DT == DT_F16) {
-      const __half* h = reinterpret_cast<const __half*>(&raw);
-#pragma unroll
-      for (int j = 0; j < V; ++j) wv[j] = __half2float(h[j]);
-    } else {
-      const float* f = reinterpret_cast<const float*>(&raw);
-#pragma unroll
-      for (int j = 0; j < V; ++j) wv[j] = f[j];
-    }
+    unpack16<DT>(raw, wv);
     float cs = (s.scale != nullptr && !row_scale) ? s.scale[(size_t)(n / s.block_rows) * s.col_blocks + (c * V) / s.block_cols] : 1.0f;
 #pragma unroll
     for (int m = 0; m < GEMV_MAX_ROWS; ++m) {

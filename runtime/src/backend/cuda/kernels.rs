@@ -40,6 +40,8 @@ pub struct Kernels {
     /// By KV element type: f32, bf16, fp8.
     pub attention: [CudaFunction; 3],
     pub moe_route: CudaFunction,
+    pub moe_gate_up: [CudaFunction; 4],
+    pub moe_down: [CudaFunction; 4],
 }
 
 const DTYPE_SUFFIX: [&str; 4] = ["f32", "bf16", "f16", "fp8"];
@@ -84,6 +86,8 @@ impl Kernels {
                 f("attention", "attention_fp8")?,
             ],
             moe_route: f("moe", "moe_route")?,
+            moe_gate_up: per_dtype("moe", "moe_gate_up")?,
+            moe_down: per_dtype("moe", "moe_down")?,
         })
     }
 }

@@ -38,13 +38,17 @@ pub struct CudaLinear {
 }
 
 impl Part {
-    /// Whether the 16-byte-load GEMV applies: rows of whole 16-byte chunks, block scales constant per chunk.
-    fn vector_loads(&self, k: usize) -> bool {
-        let bytes = match self.dtype {
+    fn element_bytes(&self) -> usize {
+        match self.dtype {
             WeightDtype::F32 => 4,
             WeightDtype::Bf16 | WeightDtype::F16 => 2,
             WeightDtype::Fp8 => 1,
-        };
+        }
+    }
+
+    /// Whether the 16-byte-load GEMV applies: rows of whole 16-byte chunks, block scales constant per chunk.
+    fn vector_loads(&self, k: usize) -> bool {
+        let bytes = self.element_bytes();
         let per_chunk = 16 / bytes;
         let scale_ok = self.scale.is_none() || self.block[1] == k || self.block[1] % per_chunk == 0;
         (k * bytes) % 16 == 0 && scale_ok
@@ -218,7 +222,85 @@ impl CudaMlp {
 const MAX_EXPERTS: usize = 512;
 const MAX_GROUPS: usize = 64;
 
+/// The `ExpertTable` struct of kernels-cuda/moe.cu: per-expert weight and scale pointers of one projection.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ExpertTableArg {
+    weight: u64,
+    scale: u64,
+    block_rows: i32,
+    block_cols: i32,
+    col_blocks: i32,
+}
+unsafe impl cudarc::driver::DeviceRepr for ExpertTableArg {}
+
+/// Device pointer tables of gate, up and down projections of every expert, for the fused kernels.
+struct ExpertTables {
+    dtype: WeightDtype,
+    inter: usize,
+    hidden: usize,
+    /// (weights, scales) pointer arrays and the scale layout, for gate, up and down.
+    tables: [(CudaSlice<u64>, CudaSlice<u64>, [usize; 2], usize); 3],
+}
+
+/// (token, expert) pairs up to which the fused on-device path runs; beyond, per-expert GEMMs reuse weights better.
+const FUSED_MAX_PAIRS: usize = 512;
+
+impl ExpertTables {
+    /// Possible when every expert's projections share dtype and scale layout and suit 16-byte loads.
+    fn new(be: &CudaBackend, experts: &[CudaMlp]) -> Result<Option<Self>> {
+        let first = &experts[0];
+        let (hidden, inter) = (first.gate_up.in_features, first.down.in_features);
+        // (part, row offset within it) of gate, up and down for one expert.
+        let projections = |m: &CudaMlp| -> Option<[(usize, usize, usize); 3]> {
+            match m.gate_up.parts.len() {
+                2 => Some([(0, 0, hidden), (1, 0, hidden), (0, 0, inter)]),
+                1 => Some([(0, 0, hidden), (0, inter, hidden), (0, 0, inter)]),
+                _ => None,
+            }
+        };
+        let reference = &first.gate_up.parts[0];
+        let mut tables = Vec::new();
+        for (which, k) in [(0usize, hidden), (1, hidden), (2, inter)] {
+            let (mut weights, mut scales) = (Vec::new(), Vec::new());
+            let mut layout = None;
+            for m in experts {
+                let Some(proj) = projections(m) else { return Ok(None) };
+                let (part_index, row_offset, _) = proj[which];
+                let linear = if which == 2 { &m.down } else { &m.gate_up };
+                let p = &linear.parts[part_index];
+                let bytes = p.element_bytes();
+                if p.dtype != reference.dtype || !p.vector_loads(k) || (row_offset > 0 && row_offset % p.block[0] != 0) {
+                    return Ok(None);
+                }
+                let col_blocks = k.div_ceil(p.block[1]);
+                if *layout.get_or_insert((p.block, col_blocks, p.scale.is_some())) != (p.block, col_blocks, p.scale.is_some()) {
+                    return Ok(None);
+                }
+                weights.push(be.ptr(&p.weight) + (row_offset * k * bytes) as u64);
+                scales.push(p.scale.as_ref().map_or(0, |sc| be.ptr(sc) + ((row_offset / p.block[0]) * col_blocks * 4) as u64));
+            }
+            let (block, col_blocks, _) = layout.expect("at least one expert");
+            tables.push((be.upload_slice(&weights)?, be.upload_slice(&scales)?, block, col_blocks));
+        }
+        let tables: [_; 3] = tables.try_into().unwrap_or_else(|_| unreachable!("three projections"));
+        Ok(Some(ExpertTables { dtype: reference.dtype, inter, hidden, tables }))
+    }
+
+    fn arg(&self, be: &CudaBackend, which: usize) -> ExpertTableArg {
+        let (w, s, block, col_blocks) = &self.tables[which];
+        ExpertTableArg {
+            weight: be.ptr(w),
+            scale: be.ptr(s),
+            block_rows: block[0] as i32,
+            block_cols: block[1] as i32,
+            col_blocks: *col_blocks as i32,
+        }
+    }
+}
+
 pub struct CudaExperts {
+    fused: Option<ExpertTables>,
     router: CudaLinear,
     correction_bias: Option<CudaSlice<f32>>,
     experts: Vec<CudaMlp>,
@@ -234,14 +316,16 @@ impl CudaExperts {
             return Err(Error::InvalidInput(format!("routing {r:?} over {n} experts is beyond the CUDA MoE kernel")));
         }
         let router_src = LinearSource { weight: LinearWeight::Dense(src.router.clone()), bias: None };
+        let experts: Vec<CudaMlp> = src.experts.iter().map(|e| CudaMlp::new(be, e)).collect::<Result<_>>()?;
         Ok(CudaExperts {
+            fused: if experts.is_empty() { None } else { ExpertTables::new(be, &experts)? },
             router: CudaLinear::new(be, &[router_src])?,
             correction_bias: src
                 .correction_bias
                 .as_ref()
                 .map(|b| be.upload_slice(&b.expect_shape(&[n])?.to_f32_vec()?))
                 .transpose()?,
-            experts: src.experts.iter().map(|e| CudaMlp::new(be, e)).collect::<Result<_>>()?,
+            experts,
             shared: src.shared.as_ref().map(|s| CudaMlp::new(be, s)).transpose()?,
             routing: r,
         })
@@ -274,7 +358,20 @@ impl CudaExperts {
             // SAFETY: matches kernels-cuda/moe.cu moe_route; limits checked at construction.
             unsafe { b.launch(cfg) }.map_err(device_err)?;
         }
-        // Dispatch is planned on the host for now: which rows go to which expert.
+        let mut y = match &self.shared {
+            Some(shared) => shared.forward(be, x)?,
+            None => CudaTensor {
+                rows: x.rows,
+                cols: x.cols,
+                buf: be.stream.alloc_zeros::<f32>((x.rows * x.cols).max(1)).map_err(device_err)?,
+            },
+        };
+        let pairs = tokens * r.top_k;
+        if let Some(t) = self.fused.as_ref().filter(|_| pairs > 0 && pairs <= FUSED_MAX_PAIRS) {
+            self.fused_experts(be, t, x, &ids, &weights, &mut y)?;
+            return Ok(y);
+        }
+        // Many tokens: dispatch planned on the host, each expert a GEMM over its rows.
         let ids = be.stream.clone_dtoh(&ids).map_err(device_err)?;
         let weights = be.stream.clone_dtoh(&weights).map_err(device_err)?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
@@ -301,5 +398,43 @@ impl CudaExperts {
             be.scatter(&mut y, &rows[e], Some(&w[e]), &out)?;
         }
         Ok(y)
+    }
+
+    /// All chosen experts of all tokens in three launches, no host round trip: gate|up rows per (token, expert),
+    /// SwiGLU, then down rows summed over each token's experts into `y`.
+    fn fused_experts(
+        &self,
+        be: &CudaBackend,
+        t: &ExpertTables,
+        x: &CudaTensor,
+        ids: &CudaSlice<u32>,
+        weights: &CudaSlice<f32>,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        let (tokens, top_k) = (x.rows, self.routing.top_k);
+        let pairs = tokens * top_k;
+        let gu = be.alloc(pairs, 2 * t.inter)?;
+        let (xp, ip, gp) = (be.ptr(&x.buf), be.ptr(ids), be.ptr(&gu.buf));
+        let (k, pn, h, i) = (top_k as i32, pairs as i32, t.hidden as i32, t.inter as i32);
+        let (gate, up, down) = (t.arg(be, 0), t.arg(be, 1), t.arg(be, 2));
+        let mut b = be.stream.launch_builder(&be.k.moe_gate_up[t.dtype as usize]);
+        b.arg(&xp).arg(&ip).arg(&k).arg(&pn).arg(&h).arg(&i).arg(&gate).arg(&up).arg(&gp);
+        let cfg = LaunchConfig { grid_dim: ((2 * t.inter).div_ceil(8) as u32, pairs as u32, 1), ..be.launch_rows(1) };
+        // SAFETY: matches kernels-cuda/moe.cu moe_gate_up_*; expert ids come from moe_route (< n_experts).
+        unsafe { b.launch(cfg) }.map_err(device_err)?;
+        let hbuf = be.alloc(pairs, t.inter)?;
+        let (hp, rows) = (be.ptr(&hbuf.buf), pairs as i32);
+        let mut b = be.stream.launch_builder(&be.k.swiglu);
+        b.arg(&gp).arg(&rows).arg(&i).arg(&hp);
+        let blocks = (pairs * t.inter).div_ceil(256).clamp(1, 4096) as u32;
+        // SAFETY: matches kernels-cuda/elementwise.cu swiglu.
+        unsafe { b.launch(LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) }) }.map_err(device_err)?;
+        let (wp, yp, tn) = (be.ptr(weights), be.ptr(&y.buf), tokens as i32);
+        let mut b = be.stream.launch_builder(&be.k.moe_down[t.dtype as usize]);
+        b.arg(&hp).arg(&ip).arg(&wp).arg(&k).arg(&tn).arg(&h).arg(&i).arg(&down).arg(&yp);
+        let cfg = LaunchConfig { grid_dim: (t.hidden.div_ceil(8) as u32, tokens as u32, 1), ..be.launch_rows(1) };
+        // SAFETY: matches kernels-cuda/moe.cu moe_down_*; y is [tokens, hidden].
+        unsafe { b.launch(cfg) }.map_err(device_err)?;
+        Ok(())
     }
 }
