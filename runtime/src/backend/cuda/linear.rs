@@ -381,14 +381,6 @@ impl CudaExperts {
             rows[e].push((i / r.top_k) as u32);
             w[e].push(weights[i]);
         }
-        let mut y = match &self.shared {
-            Some(shared) => shared.forward(be, x)?,
-            None => CudaTensor {
-                rows: x.rows,
-                cols: x.cols,
-                buf: be.stream.alloc_zeros::<f32>((x.rows * x.cols).max(1)).map_err(device_err)?,
-            },
-        };
         for (e, expert) in self.experts.iter().enumerate() {
             if rows[e].is_empty() {
                 continue;
