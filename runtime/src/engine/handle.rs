@@ -17,7 +17,7 @@ use super::{
 use crate::{backend::Backend, Error, Result};
 
 enum Command {
-    Submit(Request, Sender<Result<RequestId>>, Sender<Event>),
+    Submit(Box<Request>, Sender<Result<RequestId>>, Sender<Event>),
     Abort(RequestId),
     Shutdown,
 }
@@ -99,7 +99,7 @@ impl EngineHandle {
                     while let Some(cmd) = pending {
                         match cmd {
                             Command::Submit(req, reply, events_tx) => {
-                                let result = engine.submit(req);
+                                let result = engine.submit(*req);
                                 if let Ok(id) = result {
                                     streams.insert(id, events_tx);
                                 }
@@ -151,7 +151,7 @@ impl EngineHandle {
         let (reply_tx, reply_rx) = channel();
         let (events_tx, events_rx) = channel();
         self.commands
-            .send(Command::Submit(req, reply_tx, events_tx))
+            .send(Command::Submit(Box::new(req), reply_tx, events_tx))
             .map_err(|_| Error::InvalidInput("the engine has stopped".into()))?;
         let id = reply_rx.recv().map_err(|_| Error::InvalidInput("the engine has stopped".into()))??;
         Ok(RequestStream { id, events: events_rx, commands: self.commands.clone(), finished: 0, n })

@@ -270,15 +270,20 @@ impl ExpertTables {
                 let linear = if which == 2 { &m.down } else { &m.gate_up };
                 let p = &linear.parts[part_index];
                 let bytes = p.element_bytes();
-                if p.dtype != reference.dtype || !p.vector_loads(k) || (row_offset > 0 && row_offset % p.block[0] != 0) {
+                if p.dtype != reference.dtype || !p.vector_loads(k) || (row_offset > 0 && row_offset % p.block[0] != 0)
+                {
                     return Ok(None);
                 }
                 let col_blocks = k.div_ceil(p.block[1]);
-                if *layout.get_or_insert((p.block, col_blocks, p.scale.is_some())) != (p.block, col_blocks, p.scale.is_some()) {
+                if *layout.get_or_insert((p.block, col_blocks, p.scale.is_some()))
+                    != (p.block, col_blocks, p.scale.is_some())
+                {
                     return Ok(None);
                 }
                 weights.push(be.ptr(&p.weight) + (row_offset * k * bytes) as u64);
-                scales.push(p.scale.as_ref().map_or(0, |sc| be.ptr(sc) + ((row_offset / p.block[0]) * col_blocks * 4) as u64));
+                scales.push(
+                    p.scale.as_ref().map_or(0, |sc| be.ptr(sc) + ((row_offset / p.block[0]) * col_blocks * 4) as u64),
+                );
             }
             let (block, col_blocks, _) = layout.expect("at least one expert");
             tables.push((be.upload_slice(&weights)?, be.upload_slice(&scales)?, block, col_blocks));
