@@ -9,6 +9,8 @@
 extern crate alloc;
 
 pub mod engine;
+/// Always built: the stream parsers are `core` + `alloc`; the std-only parts are gated inside.
+pub mod text;
 
 #[cfg(feature = "std")]
 pub mod backend;
@@ -20,8 +22,6 @@ mod error;
 pub mod model;
 #[cfg(feature = "std")]
 pub mod pipeline;
-#[cfg(feature = "std")]
-pub mod text;
 #[cfg(feature = "std")]
 pub mod weights;
 

@@ -25,6 +25,18 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of a rendered chat prompt, as `apply_chat_template(tokenize=True)` gives them: special tokens
+    /// written in the text are recognised, and the post-processor adds nothing (the template wrote them).
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Ids of the added tokens marked `special` (those `skip_special_tokens` drops).
+    pub fn special_token_ids(&self) -> std::collections::HashSet<u32> {
+        self.inner.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id).collect()
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner.decode(ids, skip_special_tokens).map_err(|e| Error::Tokenizer(e.to_string()))
     }
