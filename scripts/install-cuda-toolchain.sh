@@ -12,6 +12,6 @@ fi
   nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-cuda-runtime==13.0.88 \
   nvidia-cuda-cccl==13.0.85 \
   nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86 >&2
-NVCC=$(ls "$VENV"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc)
+NVCC=$(realpath "$(ls "$VENV"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc)")
 "$NVCC" --version >&2
 echo "$NVCC"
