@@ -210,7 +210,9 @@ impl CudaBackend {
         };
         let d = shape.head_dim;
         if d > MAX_HEAD_DIM {
-            return Err(Error::InvalidInput(format!("head_dim {d} exceeds the CUDA attention kernel's {MAX_HEAD_DIM}")));
+            return Err(Error::InvalidInput(format!(
+                "head_dim {d} exceeds the CUDA attention kernel's {MAX_HEAD_DIM}"
+            )));
         }
         let cfg = LaunchConfig {
             grid_dim: (q.rows as u32, shape.num_heads as u32, 1),
