@@ -19,6 +19,8 @@ pub mod config;
 #[cfg(feature = "std")]
 mod error;
 #[cfg(feature = "std")]
+pub mod media;
+#[cfg(feature = "std")]
 pub mod model;
 #[cfg(feature = "std")]
 pub mod pipeline;
