@@ -109,11 +109,11 @@ fn detokenizer_matches_full_decode() {
             let mut detok = Detokenizer::new(&tok, policy(&tok));
             let mut text = String::new();
             for &id in &ids {
-                let piece = detok.push(id).unwrap();
+                let piece = detok.push(&tok, id).unwrap();
                 assert!(!piece.contains('\u{FFFD}'), "{label}: broken UTF-8 emitted: {piece:?}");
                 text += &piece;
             }
-            text += &detok.finish().unwrap();
+            text += &detok.finish(&tok).unwrap();
             let want = match *label {
                 "skip" => tok.decode(&ids, true).unwrap(),
                 "keep" => tok.decode(&ids, false).unwrap(),
@@ -141,12 +141,12 @@ fn detokenizer_holds_incomplete_characters() {
     let ids = tok.encode_prompt("😀").unwrap();
     assert!(ids.len() > 1, "expected a multi-token emoji, got {ids:?}");
     let mut detok = Detokenizer::new(&tok, SpecialTokens::Skip);
-    let pieces: Vec<String> = ids.iter().map(|&id| detok.push(id).unwrap()).collect();
+    let pieces: Vec<String> = ids.iter().map(|&id| detok.push(&tok, id).unwrap()).collect();
     assert!(pieces[..pieces.len() - 1].iter().all(String::is_empty), "{pieces:?}");
     assert_eq!(pieces.last().unwrap(), "😀");
     // A sequence cut inside a character flushes as U+FFFD, as a full decode does.
     let mut detok = Detokenizer::new(&tok, SpecialTokens::Skip);
-    let mut text: String = ids[..ids.len() - 1].iter().map(|&id| detok.push(id).unwrap()).collect();
-    text += &detok.finish().unwrap();
+    let mut text: String = ids[..ids.len() - 1].iter().map(|&id| detok.push(&tok, id).unwrap()).collect();
+    text += &detok.finish(&tok).unwrap();
     assert_eq!(text, tok.decode(&ids[..ids.len() - 1], true).unwrap());
 }

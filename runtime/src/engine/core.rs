@@ -14,6 +14,7 @@ use super::{
 use crate::{
     backend::{Backend, ForwardBatch, KvDtype, SeqSpan},
     pipeline::{Pipeline, Prompt},
+    text::{Detokenizer, SpecialTokens},
     Error, Result,
 };
 
@@ -44,7 +45,8 @@ pub struct Request {
     pub logprobs: Option<usize>,
     /// After this many tokens of an open `<think>`, force `\n</think>`.
     pub thinking_budget: Option<usize>,
-    pub skip_special_tokens: bool,
+    /// Which special tokens appear in the text (ids are reported either way).
+    pub special_tokens: SpecialTokens,
     /// Higher runs first.
     pub priority: i32,
 }
@@ -61,7 +63,7 @@ impl Request {
             ignore_eos: false,
             logprobs: None,
             thinking_budget: None,
-            skip_special_tokens: true,
+            special_tokens: SpecialTokens::Skip,
             priority: 0,
         }
     }
@@ -138,7 +140,10 @@ struct SeqRun {
     vision: Arc<Vec<f32>>,
     rng: Rng,
     counts: BTreeMap<u32, u32>,
+    detok: Detokenizer,
+    /// Decoded output so far.
     text: String,
+    /// Bytes of `text` already sent.
     emitted: usize,
     cached_tokens: Option<usize>,
 }
@@ -260,6 +265,7 @@ impl<B: Backend> Engine<B> {
                     vision: vision.clone(),
                     rng: Rng::new(req.sampling.seed.wrapping_add(index as u64)),
                     counts: BTreeMap::new(),
+                    detok: Detokenizer::new(&self.pipeline.tokenizer, req.special_tokens.clone()),
                     text: String::new(),
                     emitted: 0,
                     cached_tokens: None,
@@ -462,33 +468,38 @@ impl<B: Backend> Engine<B> {
         let generated = s.ids.len() - s.prompt_len;
 
         // Text so far; the stop checks look at it.
-        let decoded =
-            self.pipeline.tokenizer.decode(&s.ids[s.prompt_len..], req.skip_special_tokens).unwrap_or_default();
+        let tokenizer = &self.pipeline.tokenizer;
+        s.text.push_str(&s.detok.push(tokenizer, token).unwrap_or_default());
         let mut finish = None;
         let mut matched_stop = None;
         if (!req.ignore_eos && eos.contains(&token)) || req.stop_token_ids.contains(&token) {
             finish = Some(FinishReason::Stop);
             matched_stop = Some(token.to_string());
         }
-        let mut text_end = decoded.len();
+        let mut text_end = None;
         if finish.is_none() {
-            if let Some((at, stop)) = find_stop(&decoded, &req.stop_strings, s.emitted) {
+            if let Some((at, stop)) = find_stop(&s.text, &req.stop_strings, s.emitted) {
                 finish = Some(FinishReason::Stop);
                 matched_stop = Some(stop);
-                text_end = at;
+                text_end = Some(at);
             }
         }
         if finish.is_none() && (generated >= req.max_tokens || s.ids.len() >= self.config.max_context) {
             finish = Some(FinishReason::Length);
         }
-        if finish.is_none() {
-            // Hold back an incomplete character and a possible start of a stop string.
-            text_end = if decoded.ends_with('\u{fffd}') { s.emitted } else { held_back(&decoded, &req.stop_strings) };
-        }
+        let text_end = match (finish, text_end) {
+            (_, Some(at)) => at,
+            // Finished otherwise: whatever the decoder still holds (an incomplete character) goes out too.
+            (Some(_), None) => {
+                s.text.push_str(&s.detok.finish(tokenizer).unwrap_or_default());
+                s.text.len()
+            }
+            // Hold back a suffix that may still grow into a stop string.
+            (None, None) => held_back(&s.text, &req.stop_strings),
+        };
         let text_end = text_end.max(s.emitted);
-        let delta = decoded.get(s.emitted..text_end).unwrap_or_default().to_string();
+        let delta = s.text.get(s.emitted..text_end).unwrap_or_default().to_string();
         s.emitted = text_end;
-        s.text = decoded;
         let (request, index) = (s.request, s.index);
         events.push(Event { request, index, kind: EventKind::Token { token: info, text: delta } });
         match finish {

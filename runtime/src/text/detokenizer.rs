@@ -11,7 +11,7 @@ use super::Tokenizer;
 use crate::Result;
 
 /// Which special tokens (added tokens marked `special`) appear in the text.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum SpecialTokens {
     /// `skip_special_tokens: true`, the OpenAI default.
     #[default]
@@ -48,9 +48,10 @@ impl SpecialTokens {
 /// on the one before it (e.g. a leading-space rule), few enough to keep each step cheap.
 const CONTEXT_IDS: usize = 4;
 
-/// Per-sequence incremental decoder.
-pub struct Detokenizer<'t> {
-    tokenizer: &'t Tokenizer,
+/// Per-sequence incremental decoder. It holds no reference to the tokenizer (each call takes it), so that a
+/// sequence can own its decoder next to the engine's shared tokenizer.
+#[derive(Clone, Debug)]
+pub struct Detokenizer {
     special: SpecialTokens,
     special_ids: HashSet<u32>,
     /// Ids that appear in the text (after the special-token policy).
@@ -60,10 +61,10 @@ pub struct Detokenizer<'t> {
     read: usize,
 }
 
-impl<'t> Detokenizer<'t> {
-    pub fn new(tokenizer: &'t Tokenizer, special: SpecialTokens) -> Self {
+impl Detokenizer {
+    pub fn new(tokenizer: &Tokenizer, special: SpecialTokens) -> Self {
         let special_ids = tokenizer.special_token_ids();
-        Detokenizer { tokenizer, special, special_ids, ids: Vec::new(), prefix: 0, read: 0 }
+        Detokenizer { special, special_ids, ids: Vec::new(), prefix: 0, read: 0 }
     }
 
     fn visible(&self, id: u32) -> bool {
@@ -78,13 +79,13 @@ impl<'t> Detokenizer<'t> {
     }
 
     /// Adds one generated id; returns the text that became complete (possibly empty).
-    pub fn push(&mut self, id: u32) -> Result<String> {
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
         if !self.visible(id) {
             return Ok(String::new());
         }
         self.ids.push(id);
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read], false)?;
-        let after = self.tokenizer.decode(&self.ids[self.prefix..], false)?;
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read], false)?;
+        let after = tokenizer.decode(&self.ids[self.prefix..], false)?;
         if after.len() <= before.len() || after.ends_with('\u{FFFD}') {
             return Ok(String::new());
         }
@@ -104,9 +105,9 @@ impl<'t> Detokenizer<'t> {
     }
 
     /// End of sequence: whatever is still held (an incomplete character decodes to U+FFFD, as in a full decode).
-    pub fn finish(&mut self) -> Result<String> {
-        let before = self.tokenizer.decode(&self.ids[self.prefix..self.read], false)?;
-        let after = self.tokenizer.decode(&self.ids[self.prefix..], false)?;
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> Result<String> {
+        let before = tokenizer.decode(&self.ids[self.prefix..self.read], false)?;
+        let after = tokenizer.decode(&self.ids[self.prefix..], false)?;
         self.read = self.ids.len();
         Ok(match after.strip_prefix(before.as_str()) {
             Some(new) => new.to_string(),
