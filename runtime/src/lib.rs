@@ -17,6 +17,8 @@ pub mod backend;
 #[cfg(feature = "std")]
 pub mod config;
 #[cfg(feature = "std")]
+pub mod demo;
+#[cfg(feature = "std")]
 mod error;
 #[cfg(feature = "std")]
 pub mod media;

@@ -80,6 +80,13 @@ pub enum FinishReason {
     Abort,
 }
 
+/// What ended a completion that stopped: a stop or end-of-sequence token, or a stop string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatchedStop {
+    Token(u32),
+    Text(String),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub prompt_tokens: usize,
@@ -105,7 +112,7 @@ pub enum EventKind {
     },
     Finished {
         reason: FinishReason,
-        matched_stop: Option<String>,
+        matched_stop: Option<MatchedStop>,
         usage: Usage,
     },
 }
@@ -474,13 +481,13 @@ impl<B: Backend> Engine<B> {
         let mut matched_stop = None;
         if (!req.ignore_eos && eos.contains(&token)) || req.stop_token_ids.contains(&token) {
             finish = Some(FinishReason::Stop);
-            matched_stop = Some(token.to_string());
+            matched_stop = Some(MatchedStop::Token(token));
         }
         let mut text_end = None;
         if finish.is_none() {
             if let Some((at, stop)) = find_stop(&s.text, &req.stop_strings, s.emitted) {
                 finish = Some(FinishReason::Stop);
-                matched_stop = Some(stop);
+                matched_stop = Some(MatchedStop::Text(stop));
                 text_end = Some(at);
             }
         }

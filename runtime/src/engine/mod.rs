@@ -5,7 +5,9 @@ mod core;
 #[cfg(feature = "std")]
 mod handle;
 #[cfg(feature = "std")]
-pub use self::core::{Engine, EngineConfig, Event, EventKind, FinishReason, Request, RequestId, TokenInfo, Usage};
+pub use self::core::{
+    Engine, EngineConfig, Event, EventKind, FinishReason, MatchedStop, Request, RequestId, TokenInfo, Usage,
+};
 #[cfg(feature = "std")]
 pub use handle::{EngineHandle, RequestStream};
 pub mod sampler;

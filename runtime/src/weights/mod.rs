@@ -2,8 +2,10 @@
 //! `weight_scale` or block `weight_scale_inv`). Tensors are handed to backends as views into the memory map, so a
 //! multi-GB checkpoint is never copied into RAM wholesale; each backend converts what it needs.
 mod dtype;
+pub mod layout;
 mod linear;
 mod safetensors;
+pub mod writer;
 
 use std::{
     collections::{BTreeSet, HashMap},
