@@ -13,6 +13,8 @@ use glmv_runtime::{
 };
 use serde_json::json;
 
+mod serve_cmd;
+
 #[derive(Parser)]
 #[command(name = "glmv", version = concat!(env!("CARGO_PKG_VERSION"), " (backends: ", env!("GLMV_BACKENDS"), ")"))]
 #[command(about = "Serve and run GLM-V vision-language models")]
@@ -27,6 +29,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Print the logits of every prompt position.
     Logits(LogitsArgs),
+    /// Serve the OpenAI-compatible API (drop-in for `python -m sglang.launch_server`).
+    Serve(Box<serve_cmd::ServeArgs>),
 }
 
 #[derive(Args)]
@@ -41,7 +45,7 @@ struct ModelArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Device {
+pub(crate) enum Device {
     Auto,
     Cpu,
     Cuda,
@@ -96,6 +100,7 @@ struct LogitsArgs {
 }
 
 /// Calls the generic command `$f(backend, $args)` on the backend `$device` selects.
+#[macro_export]
 macro_rules! on_backend {
     ($device:expr, $f:ident, $args:expr) => {
         match pick_backend($device) {
@@ -112,6 +117,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => on_backend!(args.model.device, generate, &args),
         Command::Logits(args) => on_backend!(args.model.device, logits, &args),
+        Command::Serve(args) => serve_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,16 +128,16 @@ fn main() -> ExitCode {
     }
 }
 
-type CliResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 /// The backends this binary can run on.
-enum AnyBackend {
+pub(crate) enum AnyBackend {
     Cpu(CpuBackend),
     #[cfg(feature = "cuda")]
     Cuda(Box<glmv_runtime::backend::cuda::CudaBackend>),
 }
 
-fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::error::Error>> {
+pub(crate) fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::error::Error>> {
     #[cfg(feature = "cuda")]
     if device != Device::Cpu {
         match glmv_runtime::backend::cuda::CudaBackend::new(0) {
@@ -150,7 +156,7 @@ fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::error::Error>
     Ok(AnyBackend::Cpu(CpuBackend))
 }
 
-fn load<B: Backend>(path: &Path, backend: B) -> Result<Pipeline<B>, glmv_runtime::Error> {
+pub(crate) fn load<B: Backend>(path: &Path, backend: B) -> Result<Pipeline<B>, glmv_runtime::Error> {
     let start = std::time::Instant::now();
     let mut progress = |msg: &str| eprintln!("[glmv] {msg}");
     let pipeline = Pipeline::load(path, backend, &mut progress)?;

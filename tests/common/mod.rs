@@ -93,4 +93,6 @@ pub fn check_row(what: &str, got: &[f32], want: &[f32]) -> f64 {
     assert_eq!(argmax(got), argmax(want), "{what}: argmax differs");
     err
 }
+pub mod crafted;
 pub mod safetensors_writer;
+pub mod server;

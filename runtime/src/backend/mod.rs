@@ -161,6 +161,9 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> &'static str;
 
+    /// (available, total) bytes of the memory this backend allocates from: what `--mem-fraction-static` divides.
+    fn memory_info(&self) -> Result<(usize, usize)>;
+
     // Weight upload.
     fn vector(&self, t: &HostTensor) -> Result<Self::Vector>;
     /// One linear layer whose output rows are those of `parts`, stacked in order (q|k|v, gate|up).

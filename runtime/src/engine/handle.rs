@@ -129,13 +129,18 @@ impl EngineHandle {
                     if events.is_empty() {
                         continue;
                     }
+                    let mut finished = Vec::new();
                     for ev in events {
-                        let done = matches!(ev.kind, EventKind::Finished { .. });
-                        let id = ev.request;
-                        if let Some(tx) = streams.get(&id) {
+                        if matches!(ev.kind, EventKind::Finished { .. }) {
+                            finished.push(ev.request);
+                        }
+                        if let Some(tx) = streams.get(&ev.request) {
                             let _ = tx.send(ev);
                         }
-                        if done && !engine.is_running(id) {
+                    }
+                    // Only after the whole batch: several completions of one request can finish in the same step.
+                    for id in finished {
+                        if !engine.is_running(id) {
                             streams.remove(&id);
                         }
                     }

@@ -253,9 +253,11 @@ impl GenerationReply {
             }
             Api::Completion { .. } => {
                 let offset = self.choices[index].text.len() - text.len();
-                let logprobs = with_logprobs
-                    .then(|| self.completion_logprobs(std::slice::from_ref(&logprob_token), offset))
-                    .unwrap_or(Value::Null);
+                let logprobs = if with_logprobs {
+                    self.completion_logprobs(std::slice::from_ref(&logprob_token), offset)
+                } else {
+                    Value::Null
+                };
                 if !text.is_empty() || with_logprobs {
                     let choice = json!({"index": index, "text": text, "logprobs": logprobs, "finish_reason": null});
                     out.push(self.chunk(choice));

@@ -117,6 +117,21 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
+    /// Host memory from /proc/meminfo (MemAvailable, MemTotal).
+    fn memory_info(&self) -> Result<(usize, usize)> {
+        let text = std::fs::read_to_string("/proc/meminfo").map_err(|e| Error::io("/proc/meminfo", e))?;
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+                .map(|kb| kb * 1024)
+        };
+        match (field("MemAvailable:"), field("MemTotal:")) {
+            (Some(available), Some(total)) => Ok((available, total)),
+            _ => Err(Error::Device("/proc/meminfo has no MemAvailable/MemTotal".into())),
+        }
+    }
+
     fn vector(&self, t: &HostTensor) -> Result<Vec<f32>> {
         t.to_f32_vec()
     }

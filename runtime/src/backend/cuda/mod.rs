@@ -269,6 +269,11 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
+    fn memory_info(&self) -> Result<(usize, usize)> {
+        self.ctx.bind_to_thread().map_err(device_err)?;
+        cudarc::driver::result::mem_get_info().map_err(device_err)
+    }
+
     fn vector(&self, t: &HostTensor) -> Result<CudaSlice<f32>> {
         self.upload_slice(&t.to_f32_vec()?)
     }
