@@ -9,4 +9,7 @@ cargo build -p glmv-runtime --no-default-features
 GLMV_NVCC=$(bash scripts/install-cuda-toolchain.sh)
 export GLMV_NVCC
 cargo build --features cuda --tests
+# tests/openai_client.rs drives the server with the official OpenAI Python client and curl.
+GLMV_OPENAI_PYTHON=$(bash scripts/openai-client/install.sh)
+export GLMV_OPENAI_PYTHON
 cargo test --workspace

@@ -1,0 +1,58 @@
+//! The official OpenAI Python client and curl against the real `glmv serve` (tests/openai_client/check_client.py).
+//! The client comes from `scripts/openai-client/install.sh` (pinned, into .venv-openai), which scripts/test.sh runs
+//! first; `GLMV_OPENAI_PYTHON` may point at another interpreter that has it.
+mod common;
+
+use std::{path::PathBuf, process::Command};
+
+use common::{crafted, fixtures_root, server::ServerProcess};
+use serde_json::json;
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("GLMV_OPENAI_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-openai/bin/python");
+    assert!(
+        venv.exists(),
+        "the OpenAI client is not installed: run scripts/openai-client/install.sh (scripts/test.sh does)"
+    );
+    venv
+}
+
+#[test]
+fn official_openai_client_and_curl() {
+    let dir = std::env::temp_dir().join(format!("glmv-crafted-openai-{}", std::process::id()));
+    crafted::write_crafted_checkpoint(&fixtures_root().join("moe_bf16/checkpoint"), &dir);
+    let server = ServerProcess::start(
+        Some(&dir),
+        &[
+            "--reasoning-parser",
+            "glm45",
+            "--tool-call-parser",
+            "glm45",
+            "--api-key",
+            "sk-test",
+            "--served-model-name",
+            "crafted",
+            "--context-length",
+            "512",
+        ],
+    );
+    let script = json!({
+        "model": "crafted",
+        "reasoning": crafted::REASONING, "tool": crafted::TOOL, "arg_key": crafted::ARG_KEY,
+        "arg_value": crafted::ARG_VALUE, "answer": crafted::ANSWER,
+    });
+    let out = Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client/check_client.py"))
+        .arg(&server.addr)
+        .arg(script.to_string())
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "openai client checks failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all openai-client checks passed"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
