@@ -297,6 +297,11 @@ fn errors_have_openai_shape_and_status() {
     );
     check(call(part("file:///etc/passwd").to_string().as_bytes()), 403, "outside the allowed media path");
     check(call(part("image.png").to_string().as_bytes()), 400, "unsupported URL");
+    check(
+        call(part("http://127.0.0.1:1/cat.png").to_string().as_bytes()),
+        422,
+        "messages[0].content[1]: could not fetch",
+    );
     let three = json!({"messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},

@@ -21,7 +21,7 @@ impl ServerProcess {
     /// `glmv serve --model-path dir --port 0 <extra>`; returns once it listens.
     pub fn start(model: Option<&Path>, extra: &[&str]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_glmv"));
-        cmd.args(["serve", "--port", "0", "--device", "cpu", "--max-running-requests", "8"]);
+        cmd.args(["serve", "--port", "0", "--device", "cpu"]);
         if let Some(dir) = model {
             cmd.arg("--model-path").arg(dir);
         }
@@ -48,6 +48,10 @@ impl ServerProcess {
             panic!("glmv serve did not start: {:?}", log.lock().unwrap())
         });
         ServerProcess { child, addr, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn logged(&self, needle: &str) -> bool {
