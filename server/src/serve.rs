@@ -151,9 +151,13 @@ where
     log(
         Level::Info,
         &format!(
-            "serving {} ({}) on the {backend_name} backend: KV cache {} tokens ({:?}, {} blocks of {}), {} slots, context {context_length}, chunked prefill {}, listening on http://{listen}",
+            "serving {} ({}, weights {}) on the {backend_name} backend: KV cache {} tokens ({:?}, {} blocks of {}), {} slots, context {context_length}, chunked prefill {}, listening on http://{listen}",
             cfg.served_model_name,
             model_config.architecture,
+            match &model_config.quantization {
+                None => "bf16".to_string(),
+                Some(q) => format!("{q:?}"),
+            },
             num_blocks * cfg.block_size,
             cfg.kv_dtype,
             num_blocks,
