@@ -102,7 +102,7 @@ fn attention(c: &mut Criterion) {
     let x = b.upload(patches, 3 * 16 * 64, &rng.vec(patches * 3 * 16 * 64, 1.0)).unwrap();
     let positions: Vec<[u32; 3]> = (0..patches).map(|p| [0, (p / 32) as u32, (p % 32) as u32]).collect();
     // One temporal segment covering every patch (a single image).
-    let segments = vec![0..patches];
+    let segments = [std::ops::Range { start: 0, end: patches }];
     c.bench_function("vision attention, 1024 patches, 16 heads d64", |bn| {
         bn.iter(|| b.segment_attention(black_box(&x), &vshape, &vrope, &positions, &segments).unwrap())
     });
