@@ -36,6 +36,13 @@ impl<'a> EncodedImage<'a> {
         if !ACCEPTED.contains(&format) {
             return Err(MediaError::UnsupportedFormat { reason: format!("{format:?}") });
         }
+        if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
+            // zune-jpeg fills a cut-off scan with grey; PIL (libjpeg) refuses it as "image file is truncated".
+            return Err(MediaError::Decode {
+                format: "JPEG".into(),
+                reason: "truncated: no end-of-image marker".into(),
+            });
+        }
         let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
         let mut decoder_limits = Limits::default();
         // The largest output (16-bit RGBA) of an image within the pixel limit, plus the decoder's own buffers.
@@ -107,6 +114,43 @@ fn to_rgb(image: DynamicImage) -> Result<Vec<u8>, MediaError> {
     })
 }
 
+/// Whether a JPEG's marker structure reaches the end-of-image marker: segments are skipped by their lengths and
+/// entropy-coded data up to the next marker (inside it 0xFF is always followed by 0x00 or a restart marker), so an
+/// EOI inside an embedded EXIF thumbnail is not mistaken for the image's own.
+fn jpeg_has_end(bytes: &[u8]) -> bool {
+    let mut i = 2; // after SOI
+    loop {
+        // Fill bytes (0xFF runs) may precede a marker.
+        while bytes.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else { return false };
+        if i == 0 || bytes[i - 1] != 0xFF {
+            return false;
+        }
+        i += 1;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes.get(i..i + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
+            return false;
+        };
+        i += len;
+        if marker == 0xDA {
+            // Scan data runs to the first 0xFF followed by something other than a stuffed 0x00 or RSTn.
+            loop {
+                match bytes.get(i..i + 2) {
+                    None => return false,
+                    Some([0xFF, next]) if *next != 0 && !(0xD0..=0xD7).contains(next) => break,
+                    Some(_) => i += 1,
+                }
+            }
+        }
+    }
+}
+
 fn high_byte(v: u16) -> u8 {
     (v >> 8) as u8
 }
@@ -161,6 +205,19 @@ mod tests {
         let rgb: Vec<u8> = [0u16, 255, 256, 511, 40000, 65535].iter().flat_map(|v| v.to_ne_bytes()).collect();
         let bytes = png(2, 1, ::image::ExtendedColorType::Rgb16, &rgb);
         assert_eq!(decode_image(&bytes, &MediaLimits::default()).unwrap().pixels, vec![0, 0, 1, 1, 156, 255]);
+    }
+
+    #[test]
+    fn jpeg_end_marker_is_found_past_segments_and_scans() {
+        // SOI, APP1 holding a fake EOI, SOS with stuffed bytes and a restart marker, EOI.
+        let full = [
+            0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x04, 0xFF, 0xD9, 0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0,
+            0x56, 0xFF, 0xD9,
+        ];
+        assert!(jpeg_has_end(&full));
+        for cut in 1..full.len() {
+            assert!(!jpeg_has_end(&full[..cut]), "cut at {cut}");
+        }
     }
 
     #[test]
