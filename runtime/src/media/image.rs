@@ -1,6 +1,7 @@
-//! Image decoding with the semantics transformers' `load_image` gives a file: PIL opens it,
+//! Image decoding with the semantics transformers gives a file: `load_image` (PIL opens it,
 //! `ImageOps.exif_transpose` applies the EXIF orientation, `convert("RGB")` drops alpha (no compositing) and maps
-//! every other mode to 8-bit RGB the way PIL does (16-bit channels keep their high byte, 16-bit grey clips at 255).
+//! every other mode to 8-bit RGB the way PIL does: 16-bit channels keep their high byte, 16-bit grey clips at 255),
+//! then the processor's `convert_to_rgb`, which whitens a palette/tRNS transparent colour (see `transparency`).
 //!
 //! Decoding happens in two steps so that the header can be judged (encoded size, format, dimensions, aspect
 //! ratio) before any pixel buffer is allocated: [`EncodedImage::open`] then [`EncodedImage::decode`].
@@ -8,7 +9,7 @@ use std::io::Cursor;
 
 use ::image::{metadata::Orientation, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
-use super::{MediaError, MediaLimits, RgbImage};
+use super::{transparency, MediaError, MediaLimits, RgbImage};
 
 /// The formats a client may send; everything else is refused even if the `image` crate could read it.
 const ACCEPTED: [ImageFormat; 5] =
@@ -21,6 +22,7 @@ const DECODER_SLACK_BYTES: u64 = 64 << 20;
 pub struct EncodedImage<'a> {
     decoder: Box<dyn ImageDecoder + 'a>,
     format: ImageFormat,
+    transparent_key: Option<[u8; 3]>,
     /// Stored dimensions, before the EXIF orientation is applied.
     pub width: u32,
     pub height: u32,
@@ -57,7 +59,8 @@ impl<'a> EncodedImage<'a> {
         if w * h > limits.max_pixels {
             return Err(MediaError::TooManyPixels { width: w, height: h, limit: limits.max_pixels });
         }
-        Ok(EncodedImage { decoder: Box::new(decoder), format, width, height })
+        let transparent_key = transparency::transparent_key(bytes, format);
+        Ok(EncodedImage { decoder: Box::new(decoder), format, transparent_key, width, height })
     }
 
     pub fn format(&self) -> ImageFormat {
@@ -72,7 +75,10 @@ impl<'a> EncodedImage<'a> {
         let format = self.format;
         let image = DynamicImage::from_decoder(self.decoder).map_err(|e| decode_error(format, e))?;
         let (width, height) = (image.width(), image.height());
-        let pixels = to_rgb(image)?;
+        let mut pixels = to_rgb(image)?;
+        if let Some(key) = self.transparent_key {
+            transparency::whiten(&mut pixels, key);
+        }
         if orientation == Orientation::NoTransforms {
             return Ok(RgbImage { width: width as usize, height: height as usize, pixels });
         }

@@ -2,7 +2,8 @@
 //! exactly as the checkpoint's processor resizes them, normalised and cut into patches in merge-window order
 //! ([`crate::pipeline::MediaInput`]).
 //!
-//! - `image`: decoding PNG/JPEG/WebP/GIF/BMP (EXIF orientation, `convert("RGB")` semantics).
+//! - `image`: decoding PNG/JPEG/WebP/GIF/BMP (EXIF orientation, `convert("RGB")` semantics); `transparency`: the
+//!   white that transformers gives a palette image's transparent colour.
 //! - `resample`: PIL's separable convolution resize (`Image.resize(..., BICUBIC)`), bit-exact.
 //! - `processor`: transformers' `Glm4vImageProcessor` (PIL backend): smart_resize, rescale, normalise, patchify.
 //! - `placeholder`: expanding each `<|image|>` of a prompt into one token per merged patch.
@@ -15,6 +16,7 @@ pub mod image;
 pub mod placeholder;
 pub mod processor;
 pub mod resample;
+mod transparency;
 
 pub use self::image::{decode_image, EncodedImage};
 pub use placeholder::{expand_image_placeholders, merged_tokens};
