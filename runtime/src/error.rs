@@ -32,6 +32,8 @@ pub enum Error {
     Device(String),
     #[error("KV cache: {0}")]
     KvCache(String),
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

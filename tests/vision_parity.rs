@@ -1,0 +1,306 @@
+//! Images against transformers (fixtures from scripts/fixtures/gen_vision_fixtures.py): each test image file through
+//! glmv's decoder and `Glm4vImageProcessor` port against the PIL-backend processor's pixel values; chat prompts with
+//! one and two images against `Glm4vProcessor`'s expanded ids and the model's float32 logits, for both families;
+//! and hostile files against the typed errors.
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use glmv_runtime::{
+    backend::CpuBackend,
+    media::{expand_image_placeholders, merged_tokens, ImageProcessor, MediaError, MediaLimits},
+    model::{Grid, MediaKind},
+    pipeline::{MediaInput, Pipeline, Prompt},
+    text::{
+        template::{ChatTemplate, RenderOptions},
+        Tokenizer,
+    },
+    weights::{HostTensor, WeightStore},
+};
+use serde_json::{json, Value};
+
+/// Preprocessing bar of the issue; PIL-exact resampling is expected to land far below it.
+const MAX_PIXEL_MEAN_ABS: f64 = 1e-2;
+/// Logits from transformers' own pixel values (the model alone) and end to end from the image files.
+const MAX_REL_L2_PIXELS: f64 = 1e-3;
+const MAX_REL_L2_FILES: f64 = 1e-2;
+/// JPEG decoding is not bit-exact with PIL's libjpeg-turbo: zune-jpeg's IDCT and colour conversion round
+/// differently (about 2% of 4:4:4 samples are one level off; 35% with 4:2:0 chroma upsampling), and these tiny random
+/// models amplify that ~20x into the logits (dense_one_image measured 1.2e-2). Other formats decode bit-exactly.
+const MAX_REL_L2_FILES_JPEG: f64 = 3e-2;
+
+fn vision_dir() -> PathBuf {
+    fixtures_root().join("vision")
+}
+
+fn meta() -> Value {
+    serde_json::from_slice(&std::fs::read(vision_dir().join("vision.json")).expect("vision.json")).unwrap()
+}
+
+fn i64s(t: &HostTensor) -> Vec<i64> {
+    t.bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+fn grid_of(thw: &[i64]) -> Grid {
+    Grid { t: thw[0] as usize, h: thw[1] as usize, w: thw[2] as usize }
+}
+
+fn checkpoint(name: &str) -> PathBuf {
+    fixtures_root().join(name).join("checkpoint")
+}
+
+/// The fixture stores each patch row without its temporal axis ([C, P, P]); the processor repeats the one frame
+/// `t` times inside each row ([C, T, P, P]).
+fn with_time(rows: &[f32], t: usize, patch_area: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * t);
+    for channel in rows.chunks(patch_area) {
+        for _ in 0..t {
+            out.extend_from_slice(channel);
+        }
+    }
+    out
+}
+
+/// transformers' pixel values of one fixture image, as a MediaInput.
+fn reference_media(pixels: &WeightStore, name: &str, processor: &ImageProcessor) -> MediaInput {
+    let grid = grid_of(&i64s(&pixels.get(&format!("{name}.grid_thw")).unwrap()));
+    let rows = pixels.get(&format!("{name}.pixel_values")).unwrap().to_f32_vec().unwrap();
+    let p = processor.patch_size;
+    MediaInput { kind: MediaKind::Image, grid, pixel_values: with_time(&rows, processor.temporal_patch_size, p * p) }
+}
+
+fn process_file(processor: &ImageProcessor, name: &str) -> Result<MediaInput, MediaError> {
+    let bytes = std::fs::read(vision_dir().join("images").join(name)).unwrap();
+    processor.process_bytes(&bytes, &MediaLimits::default())
+}
+
+#[test]
+fn image_files_preprocess_like_transformers() {
+    let meta = meta();
+    let pixels = WeightStore::open_file(&vision_dir().join("pixels.safetensors")).unwrap();
+    let processor = ImageProcessor::from_dir(&checkpoint("moe_bf16")).unwrap();
+    let images = meta["images"].as_object().unwrap();
+    assert!(images.len() >= 10);
+    let mut failures = Vec::new();
+    for name in images.keys() {
+        let want = reference_media(&pixels, name, &processor);
+        let got = process_file(&processor, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got.grid, want.grid, "{name}: grid");
+        assert_eq!(got.pixel_values.len(), want.pixel_values.len(), "{name}: pixel count");
+        let diffs: Vec<f64> =
+            got.pixel_values.iter().zip(&want.pixel_values).map(|(a, b)| f64::from((a - b).abs())).collect();
+        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+        let max = diffs.iter().cloned().fold(0.0, f64::max);
+        let exact = diffs.iter().filter(|&&d| d == 0.0).count() as f64 / diffs.len() as f64;
+        eprintln!("{name}: grid {:?}, mean |diff| {mean:.2e}, max {max:.2e}, {:.2}% exact", got.grid, exact * 100.0);
+        if mean >= MAX_PIXEL_MEAN_ABS {
+            failures.push(format!("{name}: mean |diff| {mean:.2e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+struct Case {
+    name: String,
+    checkpoint: PathBuf,
+    images: Vec<String>,
+    text: String,
+    prompt: String,
+}
+
+fn cases() -> Vec<Case> {
+    let cases: Vec<Case> = meta()["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| Case {
+            name: c["name"].as_str().unwrap().into(),
+            checkpoint: checkpoint(c["checkpoint"].as_str().unwrap()),
+            images: c["images"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect(),
+            text: c["text"].as_str().unwrap().into(),
+            prompt: c["prompt"].as_str().unwrap().into(),
+        })
+        .collect();
+    assert!(cases.iter().any(|c| c.images.len() == 2));
+    cases
+}
+
+fn case_ids(prompts: &WeightStore, case: &Case) -> Vec<u32> {
+    i64s(&prompts.get(&format!("{}.input_ids", case.name)).unwrap()).iter().map(|&v| v as u32).collect()
+}
+
+#[test]
+fn prompt_ids_match_transformers() {
+    let prompts = WeightStore::open_file(&vision_dir().join("prompts.safetensors")).unwrap();
+    for case in cases() {
+        let template = ChatTemplate::from_dir(&case.checkpoint).unwrap();
+        let tokenizer = Tokenizer::from_dir(&case.checkpoint).unwrap();
+        let processor = ImageProcessor::from_dir(&case.checkpoint).unwrap();
+        let mut content: Vec<Value> = case.images.iter().map(|_| json!({"type": "image"})).collect();
+        content.push(json!({"type": "text", "text": case.text}));
+        let messages = [json!({"role": "user", "content": content})];
+        let opts = RenderOptions { add_generation_prompt: true, ..Default::default() };
+        let text = template.render(&messages, &opts).unwrap();
+        assert_eq!(text, case.prompt, "{}: rendered prompt", case.name);
+        let ids = tokenizer.encode_prompt(&text).unwrap();
+        let counts: Vec<usize> = case
+            .images
+            .iter()
+            .map(|img| merged_tokens(process_file(&processor, img).unwrap().grid, processor.merge_size))
+            .collect();
+        let image_token = tokenizer.token_to_id("<|image|>").unwrap();
+        let expanded = expand_image_placeholders(&ids, image_token, &counts).unwrap();
+        assert_eq!(expanded, case_ids(&prompts, &case), "{}: token ids", case.name);
+        eprintln!("{}: {} ids, image tokens {counts:?}", case.name, expanded.len());
+    }
+}
+
+/// Largest per-position relative L2 error of `got` against `want` ([positions, vocab]).
+fn worst_row(got: &[f32], want: &[f32], vocab: usize) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.chunks(vocab).zip(want.chunks(vocab)).map(|(g, w)| rel_l2(g, w)).fold(0.0, f64::max)
+}
+
+#[test]
+fn image_prompt_logits_match_transformers() {
+    let pixels = WeightStore::open_file(&vision_dir().join("pixels.safetensors")).unwrap();
+    let prompts = WeightStore::open_file(&vision_dir().join("prompts.safetensors")).unwrap();
+    for case in cases() {
+        let p = Pipeline::load(&case.checkpoint, CpuBackend, &mut |_| {}).unwrap();
+        let processor = ImageProcessor::from_dir(&case.checkpoint).unwrap();
+        let ids = case_ids(&prompts, &case);
+        let want = prompts.get(&format!("{}.logits", case.name)).unwrap();
+        let vocab = want.shape[1];
+        let want = want.to_f32_vec().unwrap();
+        let grids = i64s(&prompts.get(&format!("{}.image_grid_thw", case.name)).unwrap());
+
+        // The model alone: transformers' pixel values.
+        let media: Vec<MediaInput> = case.images.iter().map(|n| reference_media(&pixels, n, &processor)).collect();
+        for (m, thw) in media.iter().zip(grids.chunks(3)) {
+            assert_eq!(m.grid, grid_of(thw), "{}: grid", case.name);
+        }
+        let logits = p.prompt_logits(&Prompt { ids: ids.clone(), media }, 0).unwrap();
+        let model_err = worst_row(&logits, &want, vocab);
+
+        // End to end from the files.
+        let media: Vec<MediaInput> = case.images.iter().map(|n| process_file(&processor, n).unwrap()).collect();
+        let logits = p.prompt_logits(&Prompt { ids, media }, 0).unwrap();
+        let file_err = worst_row(&logits, &want, vocab);
+        eprintln!(
+            "{}: worst relative L2 per position {model_err:.2e} (transformers' pixels), {file_err:.2e} (from files)",
+            case.name
+        );
+        assert!(model_err <= MAX_REL_L2_PIXELS, "{}: {model_err:.2e}", case.name);
+        let jpeg = case.images.iter().any(|n| n.ends_with(".jpg"));
+        let bound = if jpeg { MAX_REL_L2_FILES_JPEG } else { MAX_REL_L2_FILES };
+        assert!(file_err <= bound, "{}: {file_err:.2e} > {bound:.0e}", case.name);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Hostile input. PNGs are written by hand (stored deflate blocks) so that the header can claim anything.
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn chunk(out: &mut Vec<u8>, tag: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let start = out.len();
+    out.extend_from_slice(tag);
+    out.extend_from_slice(data);
+    let crc = crc32(&out[start..]);
+    out.extend_from_slice(&crc.to_be_bytes());
+}
+
+/// An 8-bit RGB PNG of `width` x `height` whose IDAT holds `rows` (already filter-prefixed) uncompressed.
+fn png(width: u32, height: u32, rows: &[u8]) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    let mut z = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = rows.chunks(65535).collect();
+    for (i, block) in blocks.iter().enumerate() {
+        z.push(u8::from(i + 1 == blocks.len()));
+        let len = block.len() as u16;
+        z.extend_from_slice(&len.to_le_bytes());
+        z.extend_from_slice(&(!len).to_le_bytes());
+        z.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in rows {
+        a = (a + u32::from(byte)) % 65521;
+        b = (b + a) % 65521;
+    }
+    z.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    chunk(&mut out, b"IDAT", &z);
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+fn rgb_rows(width: usize, height: usize) -> Vec<u8> {
+    (0..height).flat_map(|y| std::iter::once(0).chain((0..width * 3).map(move |i| ((i + y) % 251) as u8))).collect()
+}
+
+#[test]
+fn hostile_files_fail_with_typed_errors() {
+    let processor = ImageProcessor::default();
+    let limits = MediaLimits::default();
+    let run = |bytes: &[u8]| processor.process_bytes(bytes, &limits);
+
+    // The hand-written PNG writer produces valid files.
+    let ok = png(40, 30, &rgb_rows(40, 30));
+    assert_eq!(run(&ok).unwrap().grid, Grid { t: 1, h: 6, w: 8 });
+
+    // A decompression bomb: a few hundred bytes whose header claims 100000 x 100000 pixels.
+    let bomb = png(100_000, 100_000, &rgb_rows(4, 4));
+    match run(&bomb) {
+        Err(MediaError::TooManyPixels { width: 100_000, height: 100_000, .. }) => {}
+        other => panic!("bomb: {:?}", other.map(|m| m.grid)),
+    }
+
+    // Truncated files: PIL refuses these halves (a GIF whose first frame is complete it accepts, and so does glmv).
+    for name in ["rgb_100x100.png", "photo444_61x93.jpg", "lossless_50x70.webp", "bmp_33x45.bmp"] {
+        let bytes = std::fs::read(vision_dir().join("images").join(name)).unwrap();
+        let cut = &bytes[..bytes.len() / 2];
+        match run(cut) {
+            Err(MediaError::Decode { .. }) => {}
+            other => panic!("{name} cut in half: {:?}", other.map(|m| m.grid)),
+        }
+    }
+
+    // Not an image.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let noise: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    assert!(matches!(run(&noise), Err(MediaError::UnknownFormat)), "{:?}", run(&noise).map(|m| m.grid));
+    assert!(matches!(run(b""), Err(MediaError::UnknownFormat)));
+
+    // A 900 x 3 strip: aspect ratio 300 > 200, refused from the header.
+    let strip = png(900, 3, &rgb_rows(900, 3));
+    match run(&strip) {
+        Err(MediaError::AspectRatio { width: 900, height: 3, ratio, limit }) => assert!(ratio > limit),
+        other => panic!("strip: {:?}", other.map(|m| m.grid)),
+    }
+
+    // Over the encoded-size limit.
+    let small = MediaLimits { max_encoded_bytes: 100, ..limits };
+    assert!(matches!(processor.process_bytes(&ok, &small), Err(MediaError::TooLarge { .. })));
+}
