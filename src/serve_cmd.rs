@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Largest media item in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     max_media_bytes: usize,
+    /// Largest decoded picture (width x height) accepted before resizing; PIL's decompression-bomb threshold by
+    /// default. Larger pictures are refused from their header, before any pixel is decoded.
+    #[arg(long, default_value_t = 89_478_485)]
+    max_media_pixels: u64,
     #[arg(long, default_value_t = 32)]
     max_images_per_request: usize,
     #[arg(long, default_value_t = 4)]
@@ -244,6 +248,7 @@ where
         mm_per_request_timeout: Duration::from_secs_f64(args.mm_per_request_timeout.max(0.001)),
         allowed_local_media_path: args.allowed_local_media_path.clone(),
         max_media_bytes: args.max_media_bytes,
+        max_media_pixels: args.max_media_pixels,
         max_images_per_request: args.max_images_per_request,
         max_videos_per_request: args.max_videos_per_request,
         limits: Limits {

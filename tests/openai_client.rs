@@ -6,6 +6,7 @@ mod common;
 use std::{path::PathBuf, process::Command};
 
 use common::{crafted, fixtures_root, server::ServerProcess};
+use glmv_runtime::media::{merged_tokens, ImageProcessor, MediaLimits};
 use serde_json::json;
 
 fn python() -> PathBuf {
@@ -24,6 +25,17 @@ fn python() -> PathBuf {
 fn official_openai_client_and_curl() {
     let dir = std::env::temp_dir().join(format!("glmv-crafted-openai-{}", std::process::id()));
     crafted::write_crafted_checkpoint(&fixtures_root().join("moe_bf16/checkpoint"), &dir);
+    // Two images: one sent inline (data:), one by path under the allowed root (file://).
+    let images = fixtures_root().join("vision/images").canonicalize().unwrap();
+    let (png, jpeg) = (images.join("rgb_100x100.png"), images.join("photo444_61x93.jpg"));
+    let processor = ImageProcessor::from_dir(&dir).unwrap();
+    let image_tokens: usize = [&png, &jpeg]
+        .iter()
+        .map(|p| {
+            let input = processor.process_bytes(&std::fs::read(p).unwrap(), &MediaLimits::default()).unwrap();
+            merged_tokens(input.grid, processor.merge_size)
+        })
+        .sum();
     let server = ServerProcess::start(
         Some(&dir),
         &[
@@ -37,12 +49,15 @@ fn official_openai_client_and_curl() {
             "crafted",
             "--context-length",
             "512",
+            "--allowed-local-media-path",
+            images.to_str().unwrap(),
         ],
     );
     let script = json!({
         "model": "crafted",
         "reasoning": crafted::REASONING, "tool": crafted::TOOL, "arg_key": crafted::ARG_KEY,
         "arg_value": crafted::ARG_VALUE, "answer": crafted::ANSWER,
+        "image_png": png, "image_jpeg": jpeg, "image_tokens": image_tokens,
     });
     let out = Command::new(python())
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client/check_client.py"))

@@ -10,6 +10,7 @@ use std::{
 use glmv_runtime::{
     backend::{Backend, KvDtype},
     engine::{Engine, EngineConfig, EngineHandle},
+    media::MediaLimits,
     pipeline::Pipeline,
     text::{ChatTemplate, Tokenizer},
 };
@@ -49,6 +50,7 @@ pub struct ServeConfig {
     pub mm_per_request_timeout: Duration,
     pub allowed_local_media_path: Option<PathBuf>,
     pub max_media_bytes: usize,
+    pub max_media_pixels: u64,
     pub max_images_per_request: usize,
     pub max_videos_per_request: usize,
     pub limits: Limits,
@@ -119,7 +121,12 @@ where
         timeout: cfg.mm_per_request_timeout,
         max_redirects: 3,
     });
-    let media = ServerMedia::new(fetcher, model_dir, &model_config, &tokenizer)?;
+    let limits = MediaLimits {
+        max_encoded_bytes: cfg.max_media_bytes,
+        max_pixels: cfg.max_media_pixels,
+        ..MediaLimits::default()
+    };
+    let media = ServerMedia::new(fetcher, limits, model_dir, &model_config, &tokenizer)?;
     let builder = Arc::new(PromptBuilder {
         tokenizer: tokenizer.clone(),
         template,

@@ -94,5 +94,6 @@ pub fn check_row(what: &str, got: &[f32], want: &[f32]) -> f64 {
     err
 }
 pub mod crafted;
+pub mod png;
 pub mod safetensors_writer;
 pub mod server;

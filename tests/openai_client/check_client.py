@@ -114,8 +114,12 @@ if SCRIPT.get("image_png"):
              {"type": "image_url", "image_url": {"url": f"file://{jpeg}"}}]
     r = client.chat.completions.create(model=SCRIPT["model"], messages=[{"role": "user", "content": parts}],
                                        temperature=0, max_tokens=4)
-    details = (r.usage.model_extra or {}).get("prompt_tokens_details") or {}
-    check("two images (data: and file://)", r.usage.prompt_tokens > 20 and r.choices[0].finish_reason, r.usage)
+    text_only = client.chat.completions.create(model=SCRIPT["model"], temperature=0, max_tokens=4,
+                                               messages=[{"role": "user", "content": parts[:1]}])
+    # Each image adds <|begin_of_image|>, its merged-patch tokens and <|end_of_image|>.
+    added = r.usage.prompt_tokens - text_only.usage.prompt_tokens
+    check("two images (data: and file://)", added == SCRIPT["image_tokens"] + 4 and r.choices[0].finish_reason,
+          (added, SCRIPT["image_tokens"], r.usage))
 if SCRIPT.get("video_mp4"):
     parts = [{"type": "video_url", "video_url": {"url": f"file://{SCRIPT['video_mp4']}"}},
              {"type": "text", "text": "What happens?"}]

@@ -1,0 +1,178 @@
+//! Images through `glmv serve` end to end: content parts as clients send them (a `file://` path under the allowed
+//! root and a `data:` URL in one message), fetched, decoded and preprocessed on the server's workers, run through
+//! the vision tower, and checked against transformers' fixtures (scripts/fixtures/gen_vision_fixtures.py): the
+//! prompt length equals `Glm4vProcessor`'s expanded ids and the first greedy token is the argmax of transformers'
+//! logits at the last prompt position, with its log-probability.
+mod common;
+
+use base64::Engine as _;
+use common::{
+    fixtures_root,
+    png::{png, rgb_rows},
+    server::{post_json, ServerProcess},
+};
+use glmv_runtime::{text::Tokenizer, weights::WeightStore};
+use serde_json::{json, Value};
+
+/// The tiny random fixture models turn JPEG decoding differences (zune-jpeg vs libjpeg-turbo, see
+/// tests/vision_parity.rs) into a few percent of relative logit error; a log-probability moves by less than this.
+const MAX_LOGPROB_DIFF: f64 = 0.05;
+/// Alternatives compared at the first generated position.
+const TOP: usize = 5;
+
+struct Case {
+    name: &'static str,
+    checkpoint: &'static str,
+    images: [&'static str; 2],
+    text: &'static str,
+}
+
+/// The two-image cases of the vision fixtures, one per family.
+const CASES: [Case; 2] = [
+    Case {
+        name: "moe_two_images",
+        checkpoint: "moe_bf16",
+        images: ["small_42x70.png", "exif6_60x80.jpg"],
+        text: "What is the weather in the picture?",
+    },
+    Case {
+        name: "dense_two_images",
+        checkpoint: "dense_bf16",
+        images: ["wide_60x1000.png", "anim_48x64.gif"],
+        text: "How many fruits are there?",
+    },
+];
+
+fn images_dir() -> std::path::PathBuf {
+    fixtures_root().join("vision/images").canonicalize().unwrap()
+}
+
+/// What transformers computed for a case: the expanded prompt length, and the log-softmax of the last row.
+struct Expected {
+    prompt_tokens: usize,
+    last_logprobs: Vec<f64>,
+}
+
+fn expected(case: &Case) -> Expected {
+    let prompts = WeightStore::open_file(&fixtures_root().join("vision/prompts.safetensors")).unwrap();
+    let ids = prompts.get(&format!("{}.input_ids", case.name)).unwrap();
+    let logits = prompts.get(&format!("{}.logits", case.name)).unwrap();
+    let vocab = logits.shape[1];
+    let logits = logits.to_f32_vec().unwrap();
+    let last: Vec<f64> = logits[logits.len() - vocab..].iter().map(|&v| v as f64).collect();
+    let max = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let log_sum = last.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
+    Expected { prompt_tokens: ids.shape.iter().product(), last_logprobs: last.iter().map(|v| v - log_sum).collect() }
+}
+
+/// The first image by path under the allowed root, the second inline as base64, then the question.
+fn request(case: &Case, stream: bool) -> Value {
+    let file_url = format!("file://{}", images_dir().join(case.images[0]).display());
+    let bytes = std::fs::read(images_dir().join(case.images[1])).unwrap();
+    let mime = match case.images[1].rsplit('.').next().unwrap() {
+        "jpg" => "image/jpeg".to_string(),
+        other => format!("image/{other}"),
+    };
+    let data_url = format!("data:{mime};base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes));
+    let mut body = json!({
+        "model": "default",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": file_url}},
+            {"type": "image_url", "image_url": {"url": data_url}},
+            {"type": "text", "text": case.text}]}],
+        "temperature": 0, "max_tokens": 1, "logprobs": true, "top_logprobs": TOP,
+        "stream": stream,
+    });
+    if stream {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+/// The generated token (as text), its log-probability and the top alternatives' log-probabilities (best first),
+/// from a non-streamed or streamed answer.
+fn first_token(body: &Value) -> (String, f64, Vec<f64>) {
+    let lp = &body["choices"][0]["logprobs"]["content"][0];
+    let top = lp["top_logprobs"].as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+    (lp["token"].as_str().unwrap().to_string(), lp["logprob"].as_f64().unwrap(), top)
+}
+
+fn usage_prompt(body: &Value) -> usize {
+    body["usage"]["prompt_tokens"].as_u64().unwrap() as usize
+}
+
+#[test]
+fn two_images_by_path_and_data_url_match_transformers() {
+    let allowed = images_dir();
+    for case in &CASES {
+        let checkpoint = fixtures_root().join(case.checkpoint).join("checkpoint");
+        let tokenizer = Tokenizer::from_dir(&checkpoint).unwrap();
+        let want = expected(case);
+        let argmax = (0..want.last_logprobs.len())
+            .max_by(|&a, &b| want.last_logprobs[a].total_cmp(&want.last_logprobs[b]))
+            .unwrap();
+        let want_token = tokenizer.decode(&[argmax as u32], false).unwrap();
+
+        let server =
+            ServerProcess::start(Some(&checkpoint), &["--allowed-local-media-path", allowed.to_str().unwrap()]);
+        let plain = post_json(&server.addr, "/v1/chat/completions", &request(case, false));
+        assert_eq!(plain.status, 200, "{}: {}", case.name, plain.body);
+        let (token, logprob, top) = first_token(&plain.json());
+        let prompt_tokens = usage_prompt(&plain.json());
+
+        let streamed = post_json(&server.addr, "/v1/chat/completions", &request(case, true));
+        assert_eq!(streamed.status, 200, "{}", case.name);
+        let chunks = streamed.chunks();
+        let with_logprobs = chunks.iter().find(|c| c["choices"][0]["logprobs"].is_object()).unwrap();
+        let (stream_token, stream_logprob, _) = first_token(with_logprobs);
+        let stream_prompt_tokens = usage_prompt(chunks.last().unwrap());
+
+        eprintln!(
+            "{}: {prompt_tokens} prompt tokens, first token {token:?} logprob {logprob:.4} (transformers {want_token:?} {:.4})",
+            case.name, want.last_logprobs[argmax]
+        );
+        assert_eq!(prompt_tokens, want.prompt_tokens, "{}: prompt length with both images expanded", case.name);
+        assert_eq!(token, want_token, "{}: greedy token", case.name);
+        assert!((logprob - want.last_logprobs[argmax]).abs() < MAX_LOGPROB_DIFF, "{}: logprob {logprob}", case.name);
+        let mut want_top = want.last_logprobs.clone();
+        want_top.sort_by(|a, b| b.total_cmp(a));
+        assert_eq!(top.len(), TOP, "{}", case.name);
+        for (got, want) in top.iter().zip(&want_top) {
+            assert!(
+                (got - want).abs() < MAX_LOGPROB_DIFF,
+                "{}: top logprobs {top:?} vs {:?}",
+                case.name,
+                &want_top[..TOP]
+            );
+        }
+        assert_eq!((stream_token, stream_logprob), (token, logprob), "{}: streamed answer", case.name);
+        assert_eq!(stream_prompt_tokens, prompt_tokens, "{}: streamed usage", case.name);
+    }
+}
+
+#[test]
+fn undecodable_images_name_their_part() {
+    let checkpoint = fixtures_root().join("dense_bf16/checkpoint");
+    let server = ServerProcess::start(Some(&checkpoint), &["--max-media-pixels", "1000000"]);
+    let valid = std::fs::read(images_dir().join("rgb_100x100.png")).unwrap();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let cases: [(String, u16, &str); 4] = [
+        (b64(b"not an image at all"), 400, "not an image in a supported format"),
+        (b64(&valid[..valid.len() / 2]), 400, "invalid or truncated"),
+        // A header claiming 2000 x 2000 pixels, over the 1M limit set above, in a file of a few hundred bytes.
+        (b64(&png(2000, 2000, &rgb_rows(4, 4))), 400, "over the limit of 1000000 pixels"),
+        // 900 x 3: an aspect ratio of 300, over smart_resize's 200.
+        (b64(&png(900, 3, &rgb_rows(900, 3))), 400, "aspect ratio"),
+    ];
+    for (payload, status, needle) in cases {
+        let body = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "see"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{payload}")}}]}]});
+        let r = post_json(&server.addr, "/v1/chat/completions", &body);
+        let text = r.body.clone();
+        assert_eq!(r.status, status, "{needle}: {text}");
+        assert!(text.contains("messages[0].content[1]") && text.contains(needle), "{needle}: {text}");
+    }
+    // The server is still healthy after all of them.
+    assert_eq!(common::server::get(&server.addr, "/health").status, 200);
+}
