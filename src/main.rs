@@ -13,6 +13,7 @@ use glmv_runtime::{
 };
 use serde_json::json;
 
+mod request_file;
 mod serve_cmd;
 
 #[derive(Parser)]
@@ -56,10 +57,16 @@ struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// Prompt text, tokenised as is (no chat template).
+    #[arg(long, conflicts_with = "request", required_unless_present = "request")]
+    prompt: Option<String>,
+    /// An OpenAI chat completion request body (messages with images and videos, tools, sampling fields), run
+    /// through the chat template and media preprocessing as `glmv serve` does. Flags given explicitly override
+    /// its sampling fields.
     #[arg(long)]
-    prompt: String,
-    #[arg(long, default_value_t = 128)]
-    max_tokens: usize,
+    request: Option<PathBuf>,
+    /// Defaults to the request's `max_tokens`, else 128.
+    #[arg(long)]
+    max_tokens: Option<usize>,
     /// Sampling temperature; 0 is greedy. Defaults to generation_config.json's, else 1.0.
     #[arg(long)]
     temperature: Option<f32>,
@@ -83,11 +90,15 @@ struct GenerateArgs {
 struct LogitsArgs {
     #[command(flatten)]
     model: ModelArgs,
-    #[arg(long, conflicts_with = "input_ids", required_unless_present = "input_ids")]
+    #[arg(long, conflicts_with_all = ["input_ids", "request"], required_unless_present_any = ["input_ids", "request"])]
     prompt: Option<String>,
     /// Comma-separated token ids.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "request")]
     input_ids: Option<Vec<u32>>,
+    /// An OpenAI chat completion request body, run through the chat template and media preprocessing as
+    /// `glmv serve` does (see `glmv generate --request`).
+    #[arg(long)]
+    request: Option<PathBuf>,
     /// Prefill chunk size in tokens (0: the whole prompt in one step).
     #[arg(long, default_value_t = 0)]
     chunk: usize,
@@ -167,19 +178,35 @@ pub(crate) fn load<B: Backend>(path: &Path, backend: B) -> Result<Pipeline<B>, g
 fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> CliResult {
     let p = load(&args.model.model_path, backend)?;
     let defaults = &p.config.generation;
-    let sampling = SamplingParams {
-        temperature: args.temperature.or(defaults.temperature.map(|t| t as f32)).unwrap_or(1.0),
-        top_p: args.top_p.or(defaults.top_p.map(|t| t as f32)).unwrap_or(1.0),
-        top_k: args.top_k.or(defaults.top_k).unwrap_or(0),
+    let (prompt, from_request) = match (&args.request, &args.prompt) {
+        (Some(path), _) => {
+            let r = request_file::load_request(path, &args.model.model_path, &p.config)?;
+            (r.prompt, Some(r.request.generation))
+        }
+        (None, Some(text)) => (Prompt::text(p.tokenizer.encode(text)?), None),
+        (None, None) => unreachable!("clap requires --prompt or --request"),
+    };
+    let base = from_request.as_ref().map(|g| g.sampling(defaults, args.seed)).unwrap_or_else(|| SamplingParams {
+        temperature: defaults.temperature.map(|t| t as f32).unwrap_or(1.0),
+        top_p: defaults.top_p.map(|t| t as f32).unwrap_or(1.0),
+        top_k: defaults.top_k.unwrap_or(0),
         seed: args.seed,
         ..Default::default()
+    });
+    let sampling = SamplingParams {
+        temperature: args.temperature.unwrap_or(base.temperature),
+        top_p: args.top_p.unwrap_or(base.top_p),
+        top_k: args.top_k.unwrap_or(base.top_k),
+        ..base
     };
-    let prompt_ids = p.tokenizer.encode(&args.prompt)?;
-    let options = GenerateOptions { max_tokens: args.max_tokens, sampling, ignore_eos: args.ignore_eos };
+    let max_tokens = args.max_tokens.or(from_request.as_ref().and_then(|g| g.max_tokens)).unwrap_or(128);
+    let ignore_eos = args.ignore_eos || from_request.as_ref().is_some_and(|g| g.ignore_eos);
+    let prompt_ids = prompt.ids.clone();
+    let options = GenerateOptions { max_tokens, sampling, ignore_eos };
     let mut printed = String::new();
     let mut ids = Vec::new();
     let mut stdout = std::io::stdout();
-    let output = p.generate(&Prompt::text(prompt_ids.clone()), &[], &options, &mut |token, _| {
+    let output = p.generate(&prompt, &[], &options, &mut |token, _| {
         if args.json {
             return;
         }
@@ -204,12 +231,14 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> CliResult {
 
 fn logits<B: Backend>(backend: B, args: &LogitsArgs) -> CliResult {
     let p = load(&args.model.model_path, backend)?;
-    let ids = match (&args.input_ids, &args.prompt) {
-        (Some(ids), _) => ids.clone(),
-        (None, Some(prompt)) => p.tokenizer.encode(prompt)?,
-        (None, None) => unreachable!("clap requires --prompt or --input-ids"),
+    let prompt = match (&args.request, &args.input_ids, &args.prompt) {
+        (Some(path), _, _) => request_file::load_request(path, &args.model.model_path, &p.config)?.prompt,
+        (None, Some(ids), _) => Prompt::text(ids.clone()),
+        (None, None, Some(prompt)) => Prompt::text(p.tokenizer.encode(prompt)?),
+        (None, None, None) => unreachable!("clap requires --prompt, --input-ids or --request"),
     };
-    let logits = p.prompt_logits(&Prompt::text(ids.clone()), args.chunk)?;
+    let logits = p.prompt_logits(&prompt, args.chunk)?;
+    let ids = prompt.ids;
     let vocab = p.model.vocab_size();
     let rows: Vec<&[f32]> = logits.chunks(vocab).collect();
     if args.json {

@@ -189,3 +189,65 @@ fn missing_tensor_is_a_one_line_error_naming_it() {
     std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
     assert_one_line_error(&dir, &format!("layers.{layers}."));
 }
+
+/// `--request`: an OpenAI chat body with two images (a bare relative path and a `file://` URL) through the same
+/// prompt building as the server, against transformers' `Glm4vProcessor` ids and logits (tests/fixtures/vision).
+#[test]
+fn request_file_with_two_images_matches_transformers() {
+    let case = "dense_two_images";
+    let ckpt = fixtures_root().join("dense_bf16/checkpoint");
+    let images = fixtures_root().join("vision/images").canonicalize().unwrap();
+    let reference = VisionCaseReference::load(case);
+    let (want_ids, want, vocab) = (reference.input_ids.clone(), &reference.logits, reference.vocab);
+
+    let request = serde_json::json!({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "wide_60x1000.png"}},
+        {"type": "image_url", "image_url": {"url": format!("file://{}", images.join("anim_48x64.gif").display())}},
+        {"type": "text", "text": "How many fruits are there?"}]}],
+        "temperature": 0, "max_tokens": 2});
+    let file = std::env::temp_dir().join(format!("glmv-cli-request-{}.json", std::process::id()));
+    std::fs::write(&file, request.to_string()).unwrap();
+    let run = |cmd: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_glmv"))
+            .args([cmd, "--model-path", ckpt.to_str().unwrap(), "--device", "cpu", "--json", "--request"])
+            .arg(&file)
+            .current_dir(&images)
+            .output()
+            .unwrap();
+        json_stdout(&out)
+    };
+
+    let v = run("logits");
+    assert_eq!(ids(&v["prompt_token_ids"]), want_ids, "expanded prompt ids");
+    let rows = v["logits"].as_array().unwrap();
+    let mut worst = 0f64;
+    for (row, want) in rows.iter().zip(want.chunks(vocab)) {
+        let row: Vec<f32> = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        worst = worst.max(rel_l2(&row, want));
+    }
+    eprintln!("{case} from a request file: worst relative L2 per position {worst:.2e}");
+    // PNG and GIF decode bit-exactly, so the end-to-end bar of the vision issue applies.
+    assert!(worst <= 1e-2, "{worst:.2e}");
+
+    let g = run("generate");
+    assert_eq!(ids(&g["prompt_token_ids"]), want_ids);
+    let output = ids(&g["output_token_ids"]);
+    assert_eq!(output.len(), 2, "the request's max_tokens");
+    assert_eq!(output[0] as usize, argmax(reference.last_row()), "greedy (the request's temperature 0)");
+    std::fs::remove_file(&file).unwrap();
+
+    // Errors name the request file and the part.
+    std::fs::write(
+        &file,
+        r#"{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "missing.png"}}]}]}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_glmv"))
+        .args(["logits", "--model-path", ckpt.to_str().unwrap(), "--device", "cpu", "--request"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("messages[0].content[0]") && err.contains("missing.png"), "{err}");
+    std::fs::remove_file(&file).unwrap();
+}

@@ -10,8 +10,9 @@ use common::{
     fixtures_root,
     png::{png, rgb_rows},
     server::{post_json, ServerProcess},
+    VisionCaseReference,
 };
-use glmv_runtime::{text::Tokenizer, weights::WeightStore};
+use glmv_runtime::text::Tokenizer;
 use serde_json::{json, Value};
 
 /// The tiny random fixture models turn JPEG decoding differences (zune-jpeg vs libjpeg-turbo, see
@@ -54,15 +55,11 @@ struct Expected {
 }
 
 fn expected(case: &Case) -> Expected {
-    let prompts = WeightStore::open_file(&fixtures_root().join("vision/prompts.safetensors")).unwrap();
-    let ids = prompts.get(&format!("{}.input_ids", case.name)).unwrap();
-    let logits = prompts.get(&format!("{}.logits", case.name)).unwrap();
-    let vocab = logits.shape[1];
-    let logits = logits.to_f32_vec().unwrap();
-    let last: Vec<f64> = logits[logits.len() - vocab..].iter().map(|&v| v as f64).collect();
+    let reference = VisionCaseReference::load(case.name);
+    let last: Vec<f64> = reference.last_row().iter().map(|&v| v as f64).collect();
     let max = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let log_sum = last.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
-    Expected { prompt_tokens: ids.shape.iter().product(), last_logprobs: last.iter().map(|v| v - log_sum).collect() }
+    Expected { prompt_tokens: reference.input_ids.len(), last_logprobs: last.iter().map(|v| v - log_sum).collect() }
 }
 
 /// The first image by path under the allowed root, the second inline as base64, then the question.

@@ -19,7 +19,7 @@ use glmv_runtime::{
         template::{ChatTemplate, RenderOptions},
         Tokenizer,
     },
-    weights::{HostTensor, WeightStore},
+    weights::WeightStore,
 };
 use serde_json::{json, Value};
 
@@ -39,10 +39,6 @@ fn vision_dir() -> PathBuf {
 
 fn meta() -> Value {
     serde_json::from_slice(&std::fs::read(vision_dir().join("vision.json")).expect("vision.json")).unwrap()
-}
-
-fn i64s(t: &HostTensor) -> Vec<i64> {
-    t.bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
 fn grid_of(thw: &[i64]) -> Grid {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use glmv_runtime::weights::WeightStore;
+use glmv_runtime::weights::{HostTensor, WeightStore};
 use serde_json::Value;
 
 /// `tests/fixtures` of this checkout, or `$GLMV_FIXTURES` (test binaries carried to a GPU machine).
@@ -97,3 +97,34 @@ pub mod crafted;
 pub mod png;
 pub mod safetensors_writer;
 pub mod server;
+
+/// An integer tensor of the fixtures (int64, little-endian) as values.
+pub fn i64s(t: &HostTensor) -> Vec<i64> {
+    t.bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+/// What transformers computed for one chat case of the vision fixtures (tests/fixtures/vision/vision.json).
+pub struct VisionCaseReference {
+    /// `Glm4vProcessor`'s ids, every placeholder expanded.
+    pub input_ids: Vec<u32>,
+    /// [input_ids.len(), vocab], float32, row-major.
+    pub logits: Vec<f32>,
+    pub vocab: usize,
+}
+
+impl VisionCaseReference {
+    pub fn load(case: &str) -> Self {
+        let prompts = WeightStore::open_file(&fixtures_root().join("vision/prompts.safetensors")).unwrap();
+        let ids = prompts.get(&format!("{case}.input_ids")).unwrap();
+        let logits = prompts.get(&format!("{case}.logits")).unwrap();
+        VisionCaseReference {
+            input_ids: i64s(&ids).iter().map(|&v| v as u32).collect(),
+            vocab: logits.shape[1],
+            logits: logits.to_f32_vec().unwrap(),
+        }
+    }
+
+    pub fn last_row(&self) -> &[f32] {
+        &self.logits[self.logits.len() - self.vocab..]
+    }
+}
