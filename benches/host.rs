@@ -1,13 +1,17 @@
 //! Host hot paths of a chat request besides the engine: tokenising a 1K-token prompt, rendering the GLM-V chat
 //! template with tools, and parsing a streamed reasoning + tool-call output. They run on the fixture tokenizer
 //! (a 388-token byte-level BPE with GLM-V's special tokens and GLM-4's pre-tokenizer), not GLM-V's 151k vocabulary,
-//! which cannot be downloaded here: merge lookups cost more with the real vocabulary. `cargo bench --bench host`.
+//! which cannot be downloaded here: merge lookups cost more with the real vocabulary. Also the image preprocessing of
+//! a 1024 x 1024 JPEG. `cargo bench --bench host`.
 use std::{hint::black_box, path::PathBuf};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use glmv_runtime::text::{
-    template::to_template_messages, ChatTemplate, ReasoningOptions, ReasoningParser, RenderOptions, Tokenizer,
-    ToolCallParser, ToolSchemas,
+use glmv_runtime::{
+    media::{ImageProcessor, MediaLimits},
+    text::{
+        template::to_template_messages, ChatTemplate, ReasoningOptions, ReasoningParser, RenderOptions, Tokenizer,
+        ToolCallParser, ToolSchemas,
+    },
 };
 use serde_json::json;
 
@@ -93,5 +97,30 @@ fn parsers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tokenize, template, parsers);
+/// A 1024 x 1024 photo-like JPEG (smooth gradients and edges, 4:2:0) decoded, resized to GLM-4.5V's processor
+/// budget with the class-default processor (smart_resize, PIL-exact bicubic), normalised and patchified.
+fn image_preprocessing(c: &mut Criterion) {
+    let (w, h) = (1024u32, 1024u32);
+    let pixels: Vec<u8> = (0..h)
+        .flat_map(|y| {
+            (0..w).flat_map(move |x| {
+                let ring = (((x as i32 - 512).pow(2) + (y as i32 - 400).pow(2)) as f32).sqrt() as u32;
+                [(x / 4) as u8, (y / 4) as u8, if (ring / 24) % 2 == 0 { 200 } else { 40 }]
+            })
+        })
+        .collect();
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+        .encode(&pixels, w, h, image::ExtendedColorType::Rgb8)
+        .unwrap();
+    let processor = ImageProcessor::default();
+    let limits = MediaLimits::default();
+    let grid = processor.process_bytes(&jpeg, &limits).unwrap().grid;
+    c.bench_function(
+        &format!("image preprocessing, 1024x1024 JPEG ({} KB) -> grid {}x{}", jpeg.len() / 1024, grid.h, grid.w),
+        |b| b.iter(|| processor.process_bytes(black_box(&jpeg), &limits).unwrap()),
+    );
+}
+
+criterion_group!(benches, tokenize, template, parsers, image_preprocessing);
 criterion_main!(benches);
