@@ -105,7 +105,7 @@ fn image_preprocessing(c: &mut Criterion) {
         .flat_map(|y| {
             (0..w).flat_map(move |x| {
                 let ring = (((x as i32 - 512).pow(2) + (y as i32 - 400).pow(2)) as f32).sqrt() as u32;
-                [(x / 4) as u8, (y / 4) as u8, if (ring / 24) % 2 == 0 { 200 } else { 40 }]
+                [(x / 4) as u8, (y / 4) as u8, if (ring / 24).is_multiple_of(2) { 200 } else { 40 }]
             })
         })
         .collect();
