@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use glmv_runtime::{
     backend::{Backend, CpuBackend},
     engine::sampler::SamplingParams,
-    pipeline::{GenerateOptions, Pipeline, Prompt},
+    pipeline::{GenerateOptions, LoadFormat, Pipeline, Prompt},
 };
 use serde_json::json;
 
@@ -168,9 +168,17 @@ pub(crate) fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::er
 }
 
 pub(crate) fn load<B: Backend>(path: &Path, backend: B) -> Result<Pipeline<B>, glmv_runtime::Error> {
+    load_with(path, LoadFormat::Safetensors, backend)
+}
+
+pub(crate) fn load_with<B: Backend>(
+    path: &Path,
+    format: LoadFormat,
+    backend: B,
+) -> Result<Pipeline<B>, glmv_runtime::Error> {
     let start = std::time::Instant::now();
     let mut progress = |msg: &str| eprintln!("[glmv] {msg}");
-    let pipeline = Pipeline::load(path, backend, &mut progress)?;
+    let pipeline = Pipeline::load_with(path, format, backend, &mut progress)?;
     eprintln!("[glmv] model ready in {:.2}s on the {} backend", start.elapsed().as_secs_f64(), pipeline.backend.name());
     Ok(pipeline)
 }

@@ -6,14 +6,19 @@ use std::{
 };
 
 use clap::Args;
-use glmv_runtime::{backend::Backend, backend::KvDtype, demo, pipeline::Pipeline};
+use glmv_runtime::{
+    backend::Backend,
+    backend::KvDtype,
+    demo,
+    pipeline::{LoadFormat, Pipeline},
+};
 use glmv_server::{
     http::Limits,
     log::{log, Level},
     serve::{serve, ServeConfig},
 };
 
-use crate::{load, on_backend, pick_backend, AnyBackend, CliResult, Device};
+use crate::{load_with, on_backend, pick_backend, AnyBackend, CliResult, Device};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -96,8 +101,9 @@ pub struct ServeArgs {
     /// Seconds an idle keep-alive connection stays open.
     #[arg(long, default_value_t = 75.0)]
     idle_timeout: f64,
-    /// `auto` reads the checkpoint.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "safetensors"])]
+    /// `auto`/`safetensors` read the checkpoint's weights; `dummy` makes seeded random weights of the shapes and
+    /// dtypes config.json implies (for benchmarks: only config.json, the tokenizer and the template are read).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "safetensors", "dummy"])]
     load_format: String,
     /// Accepted for SGLang compatibility; see the startup log for what each does on this build.
     #[arg(long, alias = "tp-size")]
@@ -203,7 +209,11 @@ where
     B::KvCache: 'static,
 {
     let args = req.args;
-    let mut pipeline: Pipeline<B> = load(&req.model_dir, backend)?;
+    let format = match args.load_format.as_str() {
+        "dummy" => LoadFormat::Dummy { seed: 0 },
+        _ => LoadFormat::Safetensors,
+    };
+    let mut pipeline: Pipeline<B> = load_with(&req.model_dir, format, backend)?;
     let kv_dtype = match args.kv_cache_dtype.as_str() {
         "fp8_e4m3" | "fp8" => KvDtype::Fp8E4m3,
         _ => KvDtype::Bf16,

@@ -404,3 +404,31 @@ fn demo_model_serves_without_a_checkpoint() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["usage"]["completion_tokens"], 4);
 }
+
+/// `--load-format dummy` needs no weights: a directory with only the config, tokenizer, template and processor
+/// config of the FP8 (block-128) fixture serves text and image requests with random FP8 weights.
+#[test]
+fn dummy_load_format_serves_a_directory_without_weights() {
+    let src = fixtures_root().join("moe_fp8_block/checkpoint");
+    let dir = std::env::temp_dir().join(format!("glmv-dummy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"]
+    {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let server = ServerProcess::start(Some(&dir), &["--load-format", "dummy"]);
+    assert!(server.logged("dummy weights"), "{:?}", server.log.lock().unwrap());
+    assert_eq!(get(&server.addr, "/get_model_info").json()["load_format"], "dummy");
+    let png = std::fs::read(fixtures_root().join("vision/images/rgb_100x100.png")).unwrap();
+    let url = format!("data:image/png;base64,{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png));
+    let r = post_json(
+        &server.addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+            {"type": "text", "text": "Hello"}]}], "max_tokens": 6, "ignore_eos": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 6);
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

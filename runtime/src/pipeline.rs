@@ -79,8 +79,22 @@ struct Prepared {
     rope_delta: i64,
 }
 
+/// Where the weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadFormat {
+    /// The checkpoint's safetensors.
+    Safetensors,
+    /// Seeded random weights of the shapes and dtypes the checkpoint's config implies (SGLang's `dummy`): for
+    /// benchmarks without the weights; only config.json, the tokenizer and the template are read from disk.
+    Dummy { seed: u64 },
+}
+
 impl<B: Backend> Pipeline<B> {
     pub fn load(dir: &Path, backend: B, progress: &mut dyn FnMut(&str)) -> Result<Self> {
+        Self::load_with(dir, LoadFormat::Safetensors, backend, progress)
+    }
+
+    pub fn load_with(dir: &Path, format: LoadFormat, backend: B, progress: &mut dyn FnMut(&str)) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         let image = tokenizer.token_to_id("<|image|>");
@@ -91,7 +105,17 @@ impl<B: Backend> Pipeline<B> {
                 image.unwrap_or_default()
             )));
         }
-        let store = WeightStore::open(dir, progress)?;
+        let store = match format {
+            LoadFormat::Safetensors => WeightStore::open(dir, progress)?,
+            LoadFormat::Dummy { seed } => {
+                let store = WeightStore::dummy(&config, seed);
+                progress(&format!(
+                    "dummy weights: {:.2} GB of random values, made tensor by tensor",
+                    store.total_bytes() as f64 / 1e9
+                ));
+                store
+            }
+        };
         let model = TextModel::load(&backend, &config, &store, progress)?;
         let vision = VisionTower::load(&backend, &config.vision, &store)?;
         progress("loaded vision tower");

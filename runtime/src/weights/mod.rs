@@ -2,6 +2,7 @@
 //! `weight_scale` or block `weight_scale_inv`). Tensors are handed to backends as views into the memory map, so a
 //! multi-GB checkpoint is never copied into RAM wholesale; each backend converts what it needs.
 mod dtype;
+mod dummy;
 pub mod layout;
 mod linear;
 mod safetensors;
@@ -24,18 +25,34 @@ use safetensors::{SafetensorsFile, TensorInfo};
 
 use crate::{config::read_json, Error, Result};
 
-/// Bytes of one tensor, borrowed from a shared memory map.
+/// Bytes of one tensor: a range of a shared memory map, or bytes made in memory (dummy weights).
 #[derive(Clone)]
 pub struct MappedBytes {
-    map: Arc<Mmap>,
+    backing: Backing,
     start: usize,
     end: usize,
+}
+
+#[derive(Clone)]
+enum Backing {
+    Map(Arc<Mmap>),
+    Owned(Arc<[u8]>),
+}
+
+impl MappedBytes {
+    pub(crate) fn owned(bytes: Vec<u8>) -> Self {
+        let end = bytes.len();
+        MappedBytes { backing: Backing::Owned(bytes.into()), start: 0, end }
+    }
 }
 
 impl Deref for MappedBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.map[self.start..self.end]
+        match &self.backing {
+            Backing::Map(map) => &map[self.start..self.end],
+            Backing::Owned(bytes) => &bytes[self.start..self.end],
+        }
     }
 }
 
@@ -85,9 +102,17 @@ pub struct WeightStore {
     /// name -> (file index, location)
     index: HashMap<String, (usize, TensorInfo)>,
     total_bytes: u64,
+    /// `--load-format dummy`: tensors made on demand instead of read from files.
+    dummy: Option<dummy::DummyWeights>,
 }
 
 impl WeightStore {
+    /// Random weights of the shapes and dtypes a checkpoint of `config` holds (see `dummy`), seeded.
+    pub fn dummy(config: &crate::config::ModelConfig, seed: u64) -> Self {
+        let dummy = dummy::DummyWeights::new(config, seed);
+        WeightStore { files: Vec::new(), index: HashMap::new(), total_bytes: dummy.total_bytes(), dummy: Some(dummy) }
+    }
+
     /// Opens `model.safetensors`, or every shard named by `model.safetensors.index.json`. Only headers are read;
     /// `progress` is told about each shard as it is mapped.
     pub fn open(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Self> {
@@ -141,22 +166,22 @@ impl WeightStore {
                 });
             }
         }
-        Ok(WeightStore { files, index, total_bytes })
+        Ok(WeightStore { files, index, total_bytes, dummy: None })
     }
 
     /// One safetensors file on its own (test fixtures, tools).
     pub fn open_file(path: &Path) -> Result<Self> {
         let file = SafetensorsFile::open(path)?;
         let index = file.tensors.iter().map(|(n, info)| (n.clone(), (0, info.clone()))).collect();
-        Ok(WeightStore { total_bytes: file.map.len() as u64, files: vec![file], index })
+        Ok(WeightStore { total_bytes: file.map.len() as u64, files: vec![file], index, dummy: None })
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index.contains_key(name) || self.dummy.as_ref().is_some_and(|d| d.contains(name))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.index.keys().map(String::as_str)
+        self.index.keys().map(String::as_str).chain(self.dummy.iter().flat_map(|d| d.names()))
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -164,12 +189,19 @@ impl WeightStore {
     }
 
     pub fn get(&self, name: &str) -> Result<HostTensor> {
+        if let Some(dummy) = &self.dummy {
+            return dummy.get(name);
+        }
         let (file, info) = self.index.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
         Ok(HostTensor {
             name: name.to_string(),
             dtype: info.dtype,
             shape: info.shape.clone(),
-            bytes: MappedBytes { map: self.files[*file].map.clone(), start: info.start, end: info.end },
+            bytes: MappedBytes {
+                backing: Backing::Map(self.files[*file].map.clone()),
+                start: info.start,
+                end: info.end,
+            },
         })
     }
 

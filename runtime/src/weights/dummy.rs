@@ -1,0 +1,272 @@
+//! `--load-format dummy`: every tensor a checkpoint of this config holds ([`bf16_layout`]), in the dtypes its
+//! quantization scheme gives them, filled on demand with seeded random values of a tame scale. How the real
+//! GLM-4.5V shapes are benchmarked without a checkpoint (SGLang's `--load-format dummy`); the values mean nothing.
+//!
+//! FP8 placement follows the FP8 checkpoints (reference/model.md §7): the language model's attention, dense MLP,
+//! expert and shared-expert projections are F8_E4M3 with F32 scales; embeddings, lm_head, the router, norms,
+//! biases and the whole vision tower stay BF16.
+use std::collections::HashMap;
+
+use super::{
+    f32_to_bf16_rne,
+    layout::{bf16_layout, TensorKind},
+    Dtype, HostTensor, MappedBytes,
+};
+use crate::{
+    config::{ModelConfig, QuantConfig},
+    Error, Result,
+};
+
+/// Elements generated per independently seeded chunk; large tensors fill their chunks on several threads.
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fill {
+    /// Uniform in [-a, a], BF16.
+    Bf16Uniform(f32),
+    /// Uniform in [-a, a], F32.
+    F32Uniform(f32),
+    Bf16Ones,
+    /// F8_E4M3 codes of magnitude below one (exponent field 0..=6), random sign.
+    Fp8Codes,
+    F32Const(f32),
+}
+
+struct DummyTensor {
+    shape: Vec<usize>,
+    fill: Fill,
+}
+
+impl DummyTensor {
+    fn dtype(&self) -> Dtype {
+        match self.fill {
+            Fill::Bf16Uniform(_) | Fill::Bf16Ones => Dtype::BF16,
+            Fill::F32Uniform(_) | Fill::F32Const(_) => Dtype::F32,
+            Fill::Fp8Codes => Dtype::F8E4M3,
+        }
+    }
+}
+
+/// The tensors of a dummy checkpoint, made when asked for.
+pub(crate) struct DummyWeights {
+    tensors: HashMap<String, DummyTensor>,
+    seed: u64,
+}
+
+/// Whether the FP8 checkpoints store this tensor in FP8: the language model's 2-D projections but the router.
+fn is_fp8(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 2 && name.starts_with("model.language_model.layers.") && !name.ends_with(".mlp.gate.weight")
+}
+
+impl DummyWeights {
+    pub(crate) fn new(config: &ModelConfig, seed: u64) -> Self {
+        let mut tensors = HashMap::new();
+        for t in bf16_layout(config) {
+            let fan_in: usize = t.shape[1..].iter().product::<usize>().max(1);
+            // Unit-variance outputs for unit-variance inputs: uniform [-a, a] has variance a^2 / 3.
+            let unit = (3.0 / fan_in as f32).sqrt();
+            let fill = match t.kind {
+                TensorKind::NormWeight => Fill::Bf16Ones,
+                TensorKind::Bias => Fill::Bf16Uniform(0.02),
+                TensorKind::RouterBias => Fill::F32Uniform(0.01),
+                TensorKind::Weight => Fill::Bf16Uniform(unit),
+            };
+            let quantized =
+                config.quantization.as_ref().filter(|_| t.kind == TensorKind::Weight && is_fp8(&t.name, &t.shape));
+            let Some(quant) = quantized else {
+                tensors.insert(t.name, DummyTensor { shape: t.shape, fill });
+                continue;
+            };
+            let (out, inp) = (t.shape[0], t.shape[1]);
+            let prefix = t.name.strip_suffix(".weight").unwrap_or(&t.name).to_string();
+            // The codes' RMS is about 0.4, so this scale keeps outputs near unit variance like the BF16 weights.
+            let scale = Fill::F32Const(unit / 0.4 / 3f32.sqrt());
+            match quant {
+                QuantConfig::CompressedTensorsFp8 => {
+                    tensors.insert(format!("{prefix}.weight_scale"), DummyTensor { shape: vec![out, 1], fill: scale });
+                }
+                QuantConfig::BlockFp8 { block } => {
+                    let shape = vec![out.div_ceil(block[0]), inp.div_ceil(block[1])];
+                    tensors.insert(format!("{prefix}.weight_scale_inv"), DummyTensor { shape, fill: scale });
+                }
+            }
+            tensors.insert(t.name, DummyTensor { shape: t.shape, fill: Fill::Fp8Codes });
+        }
+        DummyWeights { tensors, seed }
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    pub(crate) fn total_bytes(&self) -> u64 {
+        self.tensors.values().map(|t| (t.shape.iter().product::<usize>() * t.dtype().size().unwrap_or(1)) as u64).sum()
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Result<HostTensor> {
+        let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
+        let dtype = t.dtype();
+        let numel: usize = t.shape.iter().product();
+        let size = dtype.size().unwrap_or(1);
+        let mut bytes = vec![0u8; numel * size];
+        let seed = self.seed ^ fnv1a(name.as_bytes());
+        let fill_chunk = |(i, out): (usize, &mut [u8])| fill(t.fill, seed.wrapping_add(i as u64), out);
+        let chunks = bytes.chunks_mut(CHUNK * size).enumerate();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if numel <= 4 * CHUNK || threads == 1 {
+            chunks.for_each(fill_chunk);
+        } else {
+            // Round-robin the chunks over the threads; each chunk's values depend only on its index.
+            let mut lanes: Vec<Vec<(usize, &mut [u8])>> = (0..threads).map(|_| Vec::new()).collect();
+            for (i, chunk) in chunks {
+                lanes[i % threads].push((i, chunk));
+            }
+            std::thread::scope(|s| {
+                for lane in lanes {
+                    s.spawn(move || lane.into_iter().for_each(fill_chunk));
+                }
+            });
+        }
+        Ok(HostTensor { name: name.to_string(), dtype, shape: t.shape.clone(), bytes: MappedBytes::owned(bytes) })
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// xorshift64* from a seed mixed by splitmix64 (a zero seed would stick at zero).
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        Rng((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in [-1, 1).
+    fn symmetric(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+fn fill(kind: Fill, seed: u64, out: &mut [u8]) {
+    let mut rng = Rng::new(seed);
+    match kind {
+        Fill::Bf16Uniform(a) => {
+            for v in out.chunks_exact_mut(2) {
+                v.copy_from_slice(&f32_to_bf16_rne(a * rng.symmetric()).to_le_bytes());
+            }
+        }
+        Fill::Bf16Ones => {
+            for v in out.chunks_exact_mut(2) {
+                v.copy_from_slice(&f32_to_bf16_rne(1.0).to_le_bytes());
+            }
+        }
+        Fill::F32Uniform(a) => {
+            for v in out.chunks_exact_mut(4) {
+                v.copy_from_slice(&(a * rng.symmetric()).to_le_bytes());
+            }
+        }
+        Fill::F32Const(c) => {
+            for v in out.chunks_exact_mut(4) {
+                v.copy_from_slice(&c.to_le_bytes());
+            }
+        }
+        Fill::Fp8Codes => {
+            for v in out.iter_mut() {
+                let r = rng.next() >> 32;
+                // Sign bit, then one of the 56 codes with exponent field 0..=6 (magnitudes below one, no NaN).
+                *v = (((r & 1) as u8) << 7) | ((r >> 1) % 56) as u8;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::{f8e4m3_to_f32, WeightStore};
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name).join("checkpoint")
+    }
+
+    /// A dummy store names the same tensors, with the same dtypes and shapes, as each fixture checkpoint that
+    /// transformers saved (BF16, FP8 per-channel and FP8 block), so the model loader cannot tell them apart.
+    #[test]
+    fn dummy_tensors_match_the_fixture_checkpoints() {
+        for name in ["moe_bf16", "dense_bf16", "moe_fp8_channel", "moe_fp8_block", "dense_fp8_block"] {
+            let dir = fixture(name);
+            let config = ModelConfig::from_dir(&dir).unwrap();
+            let real = WeightStore::open(&dir, &mut |_| {}).unwrap();
+            let dummy = WeightStore::dummy(&config, 7);
+            // MTP layers (past num_hidden_layers) are in some checkpoints; the loader skips them.
+            let layers = config.text.num_hidden_layers;
+            let is_mtp = |n: &str| {
+                n.strip_prefix("model.language_model.layers.")
+                    .and_then(|rest| rest.split('.').next()?.parse::<usize>().ok())
+                    .is_some_and(|l| l >= layers)
+            };
+            let mut want: Vec<&str> = real.names().filter(|n| !is_mtp(n)).collect();
+            let mut got: Vec<&str> = dummy.names().collect();
+            want.sort_unstable();
+            got.sort_unstable();
+            let missing: Vec<_> = want.iter().filter(|n| !got.contains(n)).collect();
+            let extra: Vec<_> = got.iter().filter(|n| !want.contains(n)).collect();
+            assert!(missing.is_empty() && extra.is_empty(), "{name}: missing {missing:?}, extra {extra:?}");
+            for n in want {
+                let (r, d) = (real.get(n).unwrap(), dummy.get(n).unwrap());
+                assert_eq!((d.shape.clone(), d.bytes.len()), (r.shape.clone(), r.bytes.len()), "{name}: {n}");
+                // Scales may be stored BF16 or F32; every other tensor keeps the checkpoint's dtype.
+                if !n.contains("weight_scale") {
+                    assert_eq!(d.dtype, r.dtype, "{name}: {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_finite_seeded_and_tame() {
+        let config = ModelConfig::from_dir(&fixture("moe_fp8_block")).unwrap();
+        let a = WeightStore::dummy(&config, 1);
+        let b = WeightStore::dummy(&config, 1);
+        let c = WeightStore::dummy(&config, 2);
+        let name = "model.language_model.layers.1.mlp.experts.0.up_proj.weight";
+        let t = a.get(name).unwrap();
+        assert_eq!(t.dtype, Dtype::F8E4M3);
+        assert_eq!(&t.bytes[..], &b.get(name).unwrap().bytes[..]);
+        assert_ne!(&t.bytes[..], &c.get(name).unwrap().bytes[..]);
+        assert!(t.bytes.iter().all(|&v| f8e4m3_to_f32(v).abs() < 1.0));
+        let embed = a.get("model.language_model.embed_tokens.weight").unwrap().to_f32_vec().unwrap();
+        let bound = (3.0 / config.text.hidden_size as f32).sqrt();
+        assert!(embed.iter().all(|v| v.is_finite() && v.abs() <= bound * 1.01));
+        let mean_abs = embed.iter().map(|v| v.abs()).sum::<f32>() / embed.len() as f32;
+        assert!((mean_abs - bound / 2.0).abs() < bound * 0.05, "uniform in [-{bound}, {bound}]: mean |x| {mean_abs}");
+    }
+
+    /// Large tensors are filled on several threads; the values do not depend on how many.
+    #[test]
+    fn threaded_fill_matches_the_serial_one() {
+        let t = DummyTensor { shape: vec![5 * CHUNK + 3], fill: Fill::Bf16Uniform(0.5) };
+        let weights = DummyWeights { tensors: HashMap::from([("x".to_string(), t)]), seed: 3 };
+        let got = weights.get("x").unwrap();
+        let seed = 3 ^ fnv1a(b"x");
+        let mut want = vec![0u8; (5 * CHUNK + 3) * 2];
+        want.chunks_mut(CHUNK * 2).enumerate().for_each(|(i, c)| fill(Fill::Bf16Uniform(0.5), seed + i as u64, c));
+        assert!(got.bytes[..] == want[..]);
+    }
+}
