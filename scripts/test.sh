@@ -9,6 +9,8 @@ cargo build -p glmv-runtime --no-default-features
 GLMV_NVCC=$(bash scripts/install-cuda-toolchain.sh)
 export GLMV_NVCC
 cargo build --features cuda --tests
+# ... and the GEMMs for many rows must be tensor-core code (cuobjdump on the embedded sm_90a objects, no GPU needed).
+cargo test --features cuda --test cuda_sass
 # tests/openai_client.rs drives the server with the official OpenAI Python client and curl.
 GLMV_OPENAI_PYTHON=$(bash scripts/openai-client/install.sh)
 export GLMV_OPENAI_PYTHON

@@ -412,7 +412,8 @@ fn dummy_load_format_serves_a_directory_without_weights() {
     let src = fixtures_root().join("moe_fp8_block/checkpoint");
     let dir = std::env::temp_dir().join(format!("glmv-dummy-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"]
+    for f in
+        ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "preprocessor_config.json"]
     {
         std::fs::copy(src.join(f), dir.join(f)).unwrap();
     }
@@ -420,7 +421,8 @@ fn dummy_load_format_serves_a_directory_without_weights() {
     assert!(server.logged("dummy weights"), "{:?}", server.log.lock().unwrap());
     assert_eq!(get(&server.addr, "/get_model_info").json()["load_format"], "dummy");
     let png = std::fs::read(fixtures_root().join("vision/images/rgb_100x100.png")).unwrap();
-    let url = format!("data:image/png;base64,{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png));
+    let url =
+        format!("data:image/png;base64,{}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, png));
     let r = post_json(
         &server.addr,
         "/v1/chat/completions",

@@ -25,6 +25,7 @@ pub enum WeightDtype {
 
 pub struct Kernels {
     pub embed: [CudaFunction; 4],
+    /// Tensor-core GEMM (BF16 mma, f32 accumulation) for more than GEMV_MAX_ROWS rows; 128 threads per 64 x 64 tile.
     pub gemm: [CudaFunction; 4],
     pub gemv: [CudaFunction; 4],
     /// GEMV with 16-byte weight loads (rows a multiple of 16 bytes).
@@ -69,7 +70,7 @@ impl Kernels {
         };
         Ok(Kernels {
             embed: per_dtype("elementwise", "embed")?,
-            gemm: per_dtype("gemm", "gemm")?,
+            gemm: per_dtype("gemm", "gemm_tc")?,
             gemv: per_dtype("gemm", "gemv")?,
             gemv_vec: per_dtype("gemm", "gemv_vec")?,
             rms_norm: f("elementwise", "rms_norm")?,

@@ -150,7 +150,8 @@ impl CudaLinear {
                 (&kernels[p.dtype as usize], LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) })
             } else {
                 let grid = (p.rows.div_ceil(64) as u32, x.rows.div_ceil(64) as u32, 1);
-                (&be.k.gemm[p.dtype as usize], LaunchConfig { grid_dim: grid, ..be.launch_rows(1) })
+                let cfg = LaunchConfig { grid_dim: grid, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+                (&be.k.gemm[p.dtype as usize], cfg)
             };
             let mut b = be.stream.launch_builder(f);
             b.arg(&xp).arg(&m).arg(&k).arg(&wp).arg(&scale).arg(&bp).arg(&n).arg(&yp).arg(&ldy);

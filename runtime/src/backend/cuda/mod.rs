@@ -5,6 +5,7 @@
 //! per-channel or block scales) and converted in the GEMM; SIMT kernels; MoE routing on the device with expert
 //! dispatch planned on the host. Its job is to be correct against the CPU backend; speed comes after.
 mod kernels;
+pub use kernels::KERNEL_IMAGES;
 mod linear;
 
 use std::{ops::Range, sync::Arc};

@@ -1,0 +1,57 @@
+//! The kernels embedded in a `--features cuda` build use tensor cores where the issue asks for them: the sm_90a code
+//! object of every GEMM used for more than a few rows (prefill, vision, MoE experts over their gathered rows) holds
+//! HMMA instructions. Reads the fatbins this binary embeds with `cuobjdump` from the PyPI CUDA toolchain
+//! (scripts/install-cuda-toolchain.sh, which scripts/test.sh runs); no GPU is needed.
+#![cfg(feature = "cuda")]
+
+use std::{path::PathBuf, process::Command};
+
+use glmv_runtime::backend::cuda::KERNEL_IMAGES;
+
+/// cuobjdump next to `$GLMV_NVCC`, else in the project's .venv-cuda.
+fn cuobjdump() -> PathBuf {
+    if let Some(nvcc) = std::env::var_os("GLMV_NVCC") {
+        return PathBuf::from(nvcc).with_file_name("cuobjdump");
+    }
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv-cuda/lib");
+    let found = std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|mut d| d.next())
+        .map(|e| e.unwrap().path().join("site-packages/nvidia/cu13/bin/cuobjdump"));
+    found.filter(|p| p.exists()).expect("cuobjdump: run scripts/install-cuda-toolchain.sh or set GLMV_NVCC")
+}
+
+/// SASS of each function of one architecture's code object in a fatbin: (function name, its instructions).
+fn sass_functions(image: &[u8], arch: &str) -> Vec<(String, String)> {
+    let path = std::env::temp_dir().join(format!("glmv-sass-{}-{arch}.fatbin", std::process::id()));
+    std::fs::write(&path, image).unwrap();
+    let out = Command::new(cuobjdump()).arg("-sass").arg(&path).output().expect("run cuobjdump");
+    std::fs::remove_file(&path).unwrap();
+    assert!(out.status.success(), "cuobjdump: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut functions = Vec::new();
+    for object in text.split("Fatbin elf code:").skip(1) {
+        if !object.lines().any(|l| l.trim() == format!("arch = {arch}")) {
+            continue;
+        }
+        for f in object.split("Function : ").skip(1) {
+            let (name, body) = f.split_once('\n').unwrap_or((f, ""));
+            functions.push((name.trim().to_string(), body.to_string()));
+        }
+    }
+    functions
+}
+
+#[test]
+fn prefill_gemms_use_tensor_cores_on_sm90a() {
+    let (_, gemm) = KERNEL_IMAGES.iter().find(|(name, _)| *name == "gemm").expect("the gemm kernel image is embedded");
+    let functions = sass_functions(gemm, "sm_90a");
+    assert!(!functions.is_empty(), "no sm_90a code object in the gemm image");
+    for dtype in ["bf16", "fp8", "f16", "f32"] {
+        let name = format!("gemm_tc_{dtype}");
+        let (_, sass) = functions.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name} missing"));
+        let mma = sass.lines().filter(|l| l.contains("HMMA") || l.contains("HGMMA")).count();
+        eprintln!("{name}: {mma} tensor-core instructions");
+        assert!(mma > 0, "{name} has no HMMA/HGMMA instruction");
+    }
+}
