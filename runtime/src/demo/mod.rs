@@ -4,6 +4,9 @@
 //! exercises the whole API on any machine. Its answers are random text: it is for trying the server, not a model.
 use std::path::Path;
 
+mod shapes;
+pub use shapes::write_shapes_checkpoint;
+
 use serde_json::json;
 
 use crate::{
@@ -52,27 +55,10 @@ fn config() -> serde_json::Value {
 /// Writes the demo checkpoint (config, weights, tokenizer, template, processor config) into `dir`.
 pub fn write_demo_checkpoint(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).map_err(|e| Error::io(dir.join(name), e));
     let config_json = config();
-    write("config.json", &config_json.to_string())?;
-    write("generation_config.json", &json!({"eos_token_id": [352, 359, 361], "pad_token_id": 352}).to_string())?;
-    write("tokenizer.json", TOKENIZER)?;
-    write("chat_template.jinja", CHAT_TEMPLATE)?;
-    write(
-        "tokenizer_config.json",
-        &json!({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "model_max_length": 8192}).to_string(),
-    )?;
-    write(
-        "preprocessor_config.json",
-        &json!({
-            "image_processor_type": "Glm4vImageProcessor", "processor_class": "Glm4vProcessor",
-            "do_convert_rgb": true, "do_normalize": true, "do_rescale": true, "do_resize": true, "resample": 3,
-            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
-            "merge_size": 2, "patch_size": 14, "temporal_patch_size": 2, "rescale_factor": 0.00392156862745098,
-            "size": {"shortest_edge": 12544, "longest_edge": 1003520}
-        })
-        .to_string(),
-    )?;
+    write_file(dir, "config.json", &config_json.to_string())?;
+    write_file(dir, "tokenizer.json", TOKENIZER)?;
+    write_support_files(dir, &[352, 359, 361], 8192)?;
     let config = ModelConfig::from_json(&config_json, None)?;
     let mut rng = Rng::new(SEED);
     let tensors: Vec<RawTensor> = bf16_layout(&config)
@@ -94,6 +80,35 @@ pub fn write_demo_checkpoint(dir: &Path) -> Result<()> {
         })
         .collect();
     write_safetensors(&dir.join("model.safetensors"), &tensors)
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> Result<()> {
+    std::fs::write(dir.join(name), text).map_err(|e| Error::io(dir.join(name), e))
+}
+
+/// What a checkpoint directory holds besides config, tokenizer and weights: generation config (stop ids), the GLM-V
+/// chat template, tokenizer config and GLM-4.5V's image processor config.
+fn write_support_files(dir: &Path, eos: &[u32], max_length: usize) -> Result<()> {
+    write_file(dir, "generation_config.json", &json!({"eos_token_id": eos, "pad_token_id": eos[0]}).to_string())?;
+    write_file(dir, "chat_template.jinja", CHAT_TEMPLATE)?;
+    write_file(
+        dir,
+        "tokenizer_config.json",
+        &json!({"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "model_max_length": max_length})
+            .to_string(),
+    )?;
+    write_file(
+        dir,
+        "preprocessor_config.json",
+        &json!({
+            "image_processor_type": "Glm4vImageProcessor", "processor_class": "Glm4vProcessor",
+            "do_convert_rgb": true, "do_normalize": true, "do_rescale": true, "do_resize": true, "resample": 3,
+            "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+            "merge_size": 2, "patch_size": 14, "temporal_patch_size": 2, "rescale_factor": 0.00392156862745098,
+            "size": {"shortest_edge": 12544, "longest_edge": 1003520}
+        })
+        .to_string(),
+    )
 }
 
 #[cfg(test)]
