@@ -9,7 +9,7 @@ use std::io::Cursor;
 
 use ::image::{metadata::Orientation, DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Limits};
 
-use super::{transparency, MediaError, MediaLimits, RgbImage};
+use super::{jpeg::JpegDecoder, transparency, MediaError, MediaLimits, RgbImage};
 
 /// The formats a client may send; everything else is refused even if the `image` crate could read it.
 const ACCEPTED: [ImageFormat; 5] =
@@ -20,12 +20,18 @@ const DECODER_SLACK_BYTES: u64 = 64 << 20;
 
 /// An image whose header has been read and accepted; no pixel has been decoded yet.
 pub struct EncodedImage<'a> {
-    decoder: Box<dyn ImageDecoder + 'a>,
+    decoder: Decoder<'a>,
     format: ImageFormat,
     transparent_key: Option<[u8; 3]>,
     /// Stored dimensions, before the EXIF orientation is applied.
     pub width: u32,
     pub height: u32,
+}
+
+/// JPEGs go to libjpeg-turbo, PIL's decoder (see `jpeg`); everything else to the `image` crate.
+enum Decoder<'a> {
+    Image(Box<dyn ImageDecoder + 'a>),
+    Jpeg(JpegDecoder<'a>),
 }
 
 impl<'a> EncodedImage<'a> {
@@ -38,20 +44,15 @@ impl<'a> EncodedImage<'a> {
         if !ACCEPTED.contains(&format) {
             return Err(MediaError::UnsupportedFormat { reason: format!("{format:?}") });
         }
-        if format == ImageFormat::Jpeg && !jpeg_has_end(bytes) {
-            // zune-jpeg fills a cut-off scan with grey; PIL (libjpeg) refuses it as "image file is truncated".
-            return Err(MediaError::Decode {
-                format: "JPEG".into(),
-                reason: "truncated: no end-of-image marker".into(),
-            });
-        }
-        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
-        let mut decoder_limits = Limits::default();
-        // The largest output (16-bit RGBA) of an image within the pixel limit, plus the decoder's own buffers.
-        decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(DECODER_SLACK_BYTES));
-        reader.limits(decoder_limits);
-        let decoder = reader.into_decoder().map_err(|e| decode_error(format, e))?;
-        let (width, height) = decoder.dimensions();
+        let (decoder, width, height) = if format == ImageFormat::Jpeg {
+            let jpeg = JpegDecoder::open(bytes, limits)?;
+            let (width, height) = (jpeg.width, jpeg.height);
+            (Decoder::Jpeg(jpeg), width, height)
+        } else {
+            let decoder = Self::open_with_image(bytes, format, limits)?;
+            let (width, height) = decoder.dimensions();
+            (Decoder::Image(decoder), width, height)
+        };
         let (w, h) = (u64::from(width), u64::from(height));
         if w == 0 || h == 0 {
             return Err(MediaError::Empty { width: w, height: h });
@@ -60,7 +61,20 @@ impl<'a> EncodedImage<'a> {
             return Err(MediaError::TooManyPixels { width: w, height: h, limit: limits.max_pixels });
         }
         let transparent_key = transparency::transparent_key(bytes, format);
-        Ok(EncodedImage { decoder: Box::new(decoder), format, transparent_key, width, height })
+        Ok(EncodedImage { decoder, format, transparent_key, width, height })
+    }
+
+    fn open_with_image(
+        bytes: &'a [u8],
+        format: ImageFormat,
+        limits: &MediaLimits,
+    ) -> Result<Box<dyn ImageDecoder + 'a>, MediaError> {
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+        let mut decoder_limits = Limits::default();
+        // The largest output (16-bit RGBA) of an image within the pixel limit, plus the decoder's own buffers.
+        decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(DECODER_SLACK_BYTES));
+        reader.limits(decoder_limits);
+        Ok(Box::new(reader.into_decoder().map_err(|e| decode_error(format, e))?))
     }
 
     pub fn format(&self) -> ImageFormat {
@@ -69,13 +83,21 @@ impl<'a> EncodedImage<'a> {
 
     /// Decodes the pixels (the first frame of an animation), converts them to 8-bit RGB and applies the EXIF
     /// orientation.
-    pub fn decode(mut self) -> Result<RgbImage, MediaError> {
-        // PIL's exif_transpose ignores an orientation it cannot read; so does this.
-        let orientation = self.decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    pub fn decode(self) -> Result<RgbImage, MediaError> {
         let format = self.format;
-        let image = DynamicImage::from_decoder(self.decoder).map_err(|e| decode_error(format, e))?;
-        let (width, height) = (image.width(), image.height());
-        let mut pixels = to_rgb(image)?;
+        let (mut pixels, orientation, width, height) = match self.decoder {
+            Decoder::Jpeg(jpeg) => {
+                let (orientation, width, height) = (jpeg.orientation, jpeg.width, jpeg.height);
+                (jpeg.decode()?, orientation, width, height)
+            }
+            Decoder::Image(mut decoder) => {
+                // PIL's exif_transpose ignores an orientation it cannot read; so does this.
+                let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+                let image = DynamicImage::from_decoder(decoder).map_err(|e| decode_error(format, e))?;
+                let (width, height) = (image.width(), image.height());
+                (to_rgb(image)?, orientation, width, height)
+            }
+        };
         if let Some(key) = self.transparent_key {
             transparency::whiten(&mut pixels, key);
         }
@@ -118,43 +140,6 @@ fn to_rgb(image: DynamicImage) -> Result<Vec<u8>, MediaError> {
             return Err(MediaError::UnsupportedFormat { reason: format!("pixel type {:?}", other.color()) });
         }
     })
-}
-
-/// Whether a JPEG's marker structure reaches the end-of-image marker: segments are skipped by their lengths and
-/// entropy-coded data up to the next marker (inside it 0xFF is always followed by 0x00 or a restart marker), so an
-/// EOI inside an embedded EXIF thumbnail is not mistaken for the image's own.
-fn jpeg_has_end(bytes: &[u8]) -> bool {
-    let mut i = 2; // after SOI
-    loop {
-        // Fill bytes (0xFF runs) may precede a marker.
-        while bytes.get(i) == Some(&0xFF) {
-            i += 1;
-        }
-        let Some(&marker) = bytes.get(i) else { return false };
-        if i == 0 || bytes[i - 1] != 0xFF {
-            return false;
-        }
-        i += 1;
-        match marker {
-            0xD9 => return true,
-            0x01 | 0xD0..=0xD8 => continue,
-            _ => {}
-        }
-        let Some(len) = bytes.get(i..i + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
-            return false;
-        };
-        i += len;
-        if marker == 0xDA {
-            // Scan data runs to the first 0xFF followed by something other than a stuffed 0x00 or RSTn.
-            loop {
-                match bytes.get(i..i + 2) {
-                    None => return false,
-                    Some([0xFF, next]) if *next != 0 && !(0xD0..=0xD7).contains(next) => break,
-                    Some(_) => i += 1,
-                }
-            }
-        }
-    }
 }
 
 fn high_byte(v: u16) -> u8 {
@@ -211,19 +196,6 @@ mod tests {
         let rgb: Vec<u8> = [0u16, 255, 256, 511, 40000, 65535].iter().flat_map(|v| v.to_ne_bytes()).collect();
         let bytes = png(2, 1, ::image::ExtendedColorType::Rgb16, &rgb);
         assert_eq!(decode_image(&bytes, &MediaLimits::default()).unwrap().pixels, vec![0, 0, 1, 1, 156, 255]);
-    }
-
-    #[test]
-    fn jpeg_end_marker_is_found_past_segments_and_scans() {
-        // SOI, APP1 holding a fake EOI, SOS with stuffed bytes and a restart marker, EOI.
-        let full = [
-            0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x04, 0xFF, 0xD9, 0xFF, 0xDA, 0x00, 0x02, 0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0,
-            0x56, 0xFF, 0xD9,
-        ];
-        assert!(jpeg_has_end(&full));
-        for cut in 1..full.len() {
-            assert!(!jpeg_has_end(&full[..cut]), "cut at {cut}");
-        }
     }
 
     #[test]

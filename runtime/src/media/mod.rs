@@ -13,6 +13,7 @@
 use std::path::PathBuf;
 
 pub mod image;
+mod jpeg;
 pub mod placeholder;
 pub mod processor;
 pub mod resample;
