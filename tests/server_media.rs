@@ -15,9 +15,10 @@ use common::{
 use glmv_runtime::text::Tokenizer;
 use serde_json::{json, Value};
 
-/// The tiny random fixture models turn JPEG decoding differences (zune-jpeg vs libjpeg-turbo, see
-/// tests/vision_parity.rs) into a few percent of relative logit error; a log-probability moves by less than this.
-const MAX_LOGPROB_DIFF: f64 = 0.05;
+/// Decoding and preprocessing are bit-exact with PIL (JPEG included; tests/vision_parity.rs gets logits within a
+/// relative L2 of a few 1e-6 with an f32 KV cache). The server keeps its KV cache in BF16 (SGLang's default for a
+/// BF16 model), which moves these log-probabilities by about 3e-3.
+const MAX_LOGPROB_DIFF: f64 = 1e-2;
 /// Alternatives compared at the first generated position.
 const TOP: usize = 5;
 
