@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::{
     config::ModelConfig,
     engine::sampler::Rng,
+    text::Tokenizer,
     weights::{
         layout::{bf16_layout, TensorKind},
         writer::{write_safetensors, RawTensor},
@@ -50,6 +51,11 @@ fn config() -> serde_json::Value {
             "out_hidden_size": 128, "intermediate_size": 160, "rms_norm_eps": 1e-5, "attention_bias": false
         }
     })
+}
+
+/// The demo model's tokenizer (what a client of a demo server, such as `glmv bench`, tokenises with).
+pub fn tokenizer() -> Result<Tokenizer> {
+    Tokenizer::from_json(TOKENIZER)
 }
 
 /// Writes the demo checkpoint (config, weights, tokenizer, template, processor config) into `dir`.

@@ -18,6 +18,12 @@ impl Tokenizer {
         Ok(Tokenizer { inner })
     }
 
+    /// A tokenizer from the text of a `tokenizer.json` (e.g. one embedded in the binary).
+    pub fn from_json(json: &str) -> Result<Self> {
+        let inner = json.parse::<tokenizers::Tokenizer>().map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Tokenizer { inner })
+    }
+
     /// Token ids of `text` as transformers' `tokenizer(text)` gives them: special tokens written in the text are
     /// recognised, and whatever the tokenizer's post-processor adds is added.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
