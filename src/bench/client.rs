@@ -1,23 +1,24 @@
 //! One benchmark request against an OpenAI-compatible server: a streamed `/v1/chat/completions` (or
 //! `/v1/completions`) POST, timed line by line as `sglang.bench_serving` times it.
-use std::{
-    io::{BufRead, BufReader},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use glmv_runtime::text::Tokenizer;
 use serde_json::{json, Value};
 
 use super::{
     dataset::{BenchRequest, Content},
+    http::{self, Origin},
     metrics::RequestOutcome,
 };
 
 /// Where and how requests are sent.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    /// `{base}/v1/chat/completions` or `{base}/v1/completions`.
-    pub url: String,
+    pub origin: Origin,
+    /// `/v1/chat/completions` or `/v1/completions`.
+    pub path: String,
+    /// Bounds connecting and each read of a request (None: wait forever; an 8K-token answer takes minutes).
+    pub timeout: Option<Duration>,
     pub model: String,
     pub api_key: Option<String>,
     /// Ask the server to ignore EOS so that every request produces its full `max_tokens` (bench_serving's default).
@@ -148,25 +149,8 @@ impl StreamTimeline {
     }
 }
 
-/// An HTTP agent for the benchmark: no overall timeout (a 8K-token answer takes minutes), statuses read as data.
-pub fn agent(timeout: Option<Duration>) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(timeout)
-        .timeout_connect(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .max_idle_connections_per_host(1024)
-        .build()
-        .into()
-}
-
 /// Sends one request and times its stream; `bench_start` is the benchmark's time origin.
-pub fn send(
-    agent: &ureq::Agent,
-    endpoint: &Endpoint,
-    req: &BenchRequest,
-    bench_start: Instant,
-    tokenizer: &Tokenizer,
-) -> RequestOutcome {
+pub fn send(endpoint: &Endpoint, req: &BenchRequest, bench_start: Instant, tokenizer: &Tokenizer) -> RequestOutcome {
     let body = endpoint.body(req).to_string();
     let sent = Instant::now();
     let start = sent.duration_since(bench_start).as_secs_f64();
@@ -177,18 +161,19 @@ pub fn send(
         prompt_len: req.prompt_len,
         ..Default::default()
     };
-    let mut post = agent.post(&endpoint.url).header("Content-Type", "application/json");
-    if let Some(key) = &endpoint.api_key {
-        post = post.header("Authorization", format!("Bearer {key}"));
+    let auth = endpoint.api_key.as_ref().map(|key| format!("Bearer {key}"));
+    let mut headers = vec![("Content-Type", "application/json"), ("Accept", "text/event-stream")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth));
     }
-    let response = match post.send(body) {
-        Ok(r) => r,
-        Err(e) => return failed(e.to_string()),
-    };
-    let status = response.status().as_u16();
-    let mut body = response.into_body();
-    if status != 200 {
-        let text = body.read_to_string().unwrap_or_default();
+    let response =
+        match http::request(&endpoint.origin, "POST", &endpoint.path, &headers, body.as_bytes(), endpoint.timeout) {
+            Ok(r) => r,
+            Err(e) => return failed(e.to_string()),
+        };
+    if response.status != 200 {
+        let status = response.status;
+        let text = response.text().unwrap_or_default();
         let message = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
@@ -196,7 +181,7 @@ pub fn send(
         return failed(format!("HTTP {status}: {message}"));
     }
     let mut timeline = StreamTimeline::new(endpoint.count_reasoning);
-    let mut reader = BufReader::new(body.into_reader());
+    let mut reader = response.body;
     let mut line = String::new();
     loop {
         line.clear();
@@ -281,7 +266,9 @@ mod tests {
         let mut extra = serde_json::Map::new();
         extra.insert("top_k".into(), json!(1));
         let e = Endpoint {
-            url: "http://x/v1/completions".into(),
+            origin: Origin { host: "x".into(), port: 80 },
+            path: "/v1/completions".into(),
+            timeout: None,
             model: "m".into(),
             api_key: None,
             ignore_eos: true,

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 mod client;
 mod dataset;
+mod http;
 mod metrics;
 mod report;
 
@@ -142,13 +143,13 @@ type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 pub fn run(args: &BenchArgs) -> BenchResult<()> {
     let base = args.base_url.clone().unwrap_or_else(|| format!("http://{}:{}", args.host, args.port));
-    let base = base.trim_end_matches('/').trim_end_matches("/v1").to_string();
-    let agent = client::agent(args.request_timeout.map(Duration::from_secs_f64));
+    let origin = http::Origin::parse(&base)?;
+    let timeout = args.request_timeout.map(Duration::from_secs_f64);
     let model = match &args.model {
         Some(m) => m.clone(),
-        None => first_served_model(&agent, &base)?,
+        None => first_served_model(&origin)?,
     };
-    let tokenizer = load_tokenizer(&agent, &base, args.tokenizer.as_deref())?;
+    let tokenizer = load_tokenizer(&origin, args.tokenizer.as_deref())?;
     let requests = build_dataset(args, &tokenizer)?;
     let extra = match &args.extra_request_body {
         Some(s) => match serde_json::from_str::<Value>(s)? {
@@ -159,7 +160,9 @@ pub fn run(args: &BenchArgs) -> BenchResult<()> {
     };
     let path = if args.backend == ApiKind::OpenaiChat { "chat/completions" } else { "completions" };
     let endpoint = Endpoint {
-        url: format!("{base}/v1/{path}"),
+        origin,
+        path: format!("/v1/{path}"),
+        timeout,
         model: model.clone(),
         api_key: args.api_key.clone(),
         ignore_eos: !args.disable_ignore_eos,
@@ -176,16 +179,17 @@ pub fn run(args: &BenchArgs) -> BenchResult<()> {
         num_prompts: requests.len(),
     };
     eprintln!(
-        "[glmv bench] {} requests to {} (model {}), request rate {}, max concurrency {}",
+        "[glmv bench] {} requests to {}{} (model {}), request rate {}, max concurrency {}",
         requests.len(),
-        endpoint.url,
+        base.trim_end_matches('/'),
+        endpoint.path,
         info.model,
         info.request_rate,
         args.max_concurrency.map_or("not set".into(), |c| c.to_string())
     );
-    warm_up(&agent, &endpoint, &requests, args.warmup_requests, &tokenizer)?;
+    warm_up(&endpoint, &requests, args.warmup_requests, &tokenizer)?;
     let schedule = Schedule { request_rate: args.request_rate, max_concurrency: args.max_concurrency, seed: args.seed };
-    let (outcomes, duration) = run_requests(&agent, &endpoint, &requests, &schedule, &tokenizer, !args.disable_tqdm);
+    let (outcomes, duration) = run_requests(&endpoint, &requests, &schedule, &tokenizer, !args.disable_tqdm);
     let m = BenchMetrics::compute(&outcomes, duration);
     print!("\n{}", report::result_block(&info, &m));
     if let Some(summary) = report::failure_summary(&outcomes) {
@@ -201,27 +205,24 @@ pub fn run(args: &BenchArgs) -> BenchResult<()> {
     Ok(())
 }
 
-fn get_json(agent: &ureq::Agent, url: &str) -> BenchResult<Value> {
-    let mut response = agent.get(url).call()?;
-    let status = response.status().as_u16();
-    let body = response.body_mut().read_to_string()?;
+fn get_json(origin: &http::Origin, path: &str) -> BenchResult<Value> {
+    let response = http::request(origin, "GET", path, &[], b"", Some(Duration::from_secs(10)))?;
+    let status = response.status;
+    let body = response.text()?;
     if status != 200 {
-        return Err(format!("GET {url}: HTTP {status}: {body}").into());
+        return Err(format!("GET {path}: HTTP {status}: {body}").into());
     }
     Ok(serde_json::from_str(&body)?)
 }
 
-fn first_served_model(agent: &ureq::Agent, base: &str) -> BenchResult<String> {
-    let models = get_json(agent, &format!("{base}/v1/models"))?;
-    models["data"][0]["id"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| format!("{base}/v1/models lists no model; pass --model").into())
+fn first_served_model(origin: &http::Origin) -> BenchResult<String> {
+    let models = get_json(origin, "/v1/models")?;
+    models["data"][0]["id"].as_str().map(str::to_string).ok_or_else(|| "/v1/models lists no model; pass --model".into())
 }
 
 /// `--tokenizer`, else the server's own when `/get_model_info` names a local directory (glmv, SGLang), else the
 /// demo tokenizer when the server is glmv's demo model.
-fn load_tokenizer(agent: &ureq::Agent, base: &str, path: Option<&std::path::Path>) -> BenchResult<Tokenizer> {
+fn load_tokenizer(origin: &http::Origin, path: Option<&std::path::Path>) -> BenchResult<Tokenizer> {
     if let Some(path) = path {
         return Ok(if path.is_dir() {
             Tokenizer::from_dir(path)?
@@ -229,7 +230,7 @@ fn load_tokenizer(agent: &ureq::Agent, base: &str, path: Option<&std::path::Path
             Tokenizer::from_json(&std::fs::read_to_string(path)?)?
         });
     }
-    let info = get_json(agent, &format!("{base}/get_model_info")).ok();
+    let info = get_json(origin, "/get_model_info").ok();
     let model_path = info.as_ref().and_then(|i| i["tokenizer_path"].as_str().or(i["model_path"].as_str()));
     match model_path {
         Some(p) if std::path::Path::new(p).join("tokenizer.json").exists() => {
@@ -284,16 +285,10 @@ fn build_dataset(args: &BenchArgs, tokenizer: &Tokenizer) -> BenchResult<Vec<Ben
 
 /// Sends the first request(s) one by one, shortened, before anything is timed; a failure stops the benchmark
 /// (bench_serving's "initial test run").
-fn warm_up(
-    agent: &ureq::Agent,
-    endpoint: &Endpoint,
-    requests: &[BenchRequest],
-    count: usize,
-    tokenizer: &Tokenizer,
-) -> BenchResult<()> {
+fn warm_up(endpoint: &Endpoint, requests: &[BenchRequest], count: usize, tokenizer: &Tokenizer) -> BenchResult<()> {
     for req in requests.iter().cycle().take(count) {
         let short = BenchRequest { output_len: req.output_len.min(16), ..req.clone() };
-        let outcome = client::send(agent, endpoint, &short, Instant::now(), tokenizer);
+        let outcome = client::send(endpoint, &short, Instant::now(), tokenizer);
         if let Some(e) = outcome.error {
             return Err(format!("the warm-up request failed: {e}").into());
         }
@@ -348,7 +343,6 @@ impl Slots {
 /// Runs every request on its own thread as the schedule releases them; returns the outcomes in dataset order and
 /// the benchmark's wall time.
 fn run_requests(
-    agent: &ureq::Agent,
     endpoint: &Endpoint,
     requests: &[BenchRequest],
     schedule: &Schedule,
@@ -368,7 +362,7 @@ fn run_requests(
                 slots.acquire();
                 let sender = tx.clone();
                 let spawned = std::thread::Builder::new().stack_size(256 << 10).spawn_scoped(scope, move || {
-                    let outcome = client::send(agent, endpoint, req, start, tokenizer);
+                    let outcome = client::send(endpoint, req, start, tokenizer);
                     slots.release();
                     let _ = sender.send((i, outcome));
                 });
