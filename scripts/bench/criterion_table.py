@@ -48,16 +48,21 @@ def main(criterion_dir: str, doc: str) -> None:
         "|---|---:|---:|",
         *rows,
     ])
+    replace_block(doc, "cpu-benches", table)
+    print(f"{len(rows)} benches written to {doc}")
+
+
+def replace_block(doc: str, name: str, content: str) -> None:
+    """Replaces what stands between `<!-- {name}:begin -->` and `<!-- {name}:end -->` in `doc`."""
     with open(doc) as f:
         text = f.read()
-    begin, end = "<!-- cpu-benches:begin -->", "<!-- cpu-benches:end -->"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if begin not in text or end not in text:
         sys.exit(f"{doc} has no {begin} ... {end} section")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     with open(doc, "w") as f:
-        f.write(f"{head}{begin}\n{table}\n{end}{tail}")
-    print(f"{len(rows)} benches written to {doc}")
+        f.write(f"{head}{begin}\n{content}\n{end}{tail}")
 
 
 if __name__ == "__main__":
