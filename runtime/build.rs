@@ -1,5 +1,6 @@
-//! Compiles the CUDA kernels ahead of time when the `cuda` feature is on: every `kernels-cuda/*.cu` becomes one
-//! fatbin with SASS for sm_90a and sm_100a plus compute_90 PTX, embedded by `backend::cuda`. nvcc comes from
+//! Compiles the CUDA kernels ahead of time when the `cuda` feature is on: every `kernels-cuda/*.cu` and every
+//! shape-specialised kernel group glmv-codegen emits becomes one fatbin with SASS for sm_90a and sm_100a plus
+//! compute_90 PTX, embedded by `backend::cuda`. nvcc comes from
 //! `$GLMV_NVCC`, the project's `.venv-cuda` (scripts/install-cuda-toolchain.sh) or `PATH`. Without nvcc the build
 //! still succeeds: the binary then reports that its CUDA backend has no kernels and serves from the CPU.
 use std::{
@@ -29,6 +30,13 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .collect();
     sources.sort();
+    let generated = out.join("generated");
+    std::fs::create_dir_all(&generated).unwrap();
+    for source in glmv_codegen::emit_cuda() {
+        let path = generated.join(format!("{}.cu", source.group));
+        std::fs::write(&path, source.text).unwrap();
+        sources.push(path);
+    }
     let mut table = String::from("pub static KERNEL_IMAGES: &[(&str, &[u8])] = &[\n");
     for src in &sources {
         let name = src.file_stem().unwrap().to_string_lossy().to_string();

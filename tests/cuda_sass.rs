@@ -23,7 +23,10 @@ fn cuobjdump() -> PathBuf {
 
 /// SASS of each function of one architecture's code object in a fatbin: (function name, its instructions).
 fn sass_functions(image: &[u8], arch: &str) -> Vec<(String, String)> {
-    let path = std::env::temp_dir().join(format!("glmv-sass-{}-{arch}.fatbin", std::process::id()));
+    // Tests run in parallel: each call gets its own file.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("glmv-sass-{}-{call}-{arch}.fatbin", std::process::id()));
     std::fs::write(&path, image).unwrap();
     let out = Command::new(cuobjdump()).arg("-sass").arg(&path).output().expect("run cuobjdump");
     std::fs::remove_file(&path).unwrap();
@@ -53,5 +56,21 @@ fn prefill_gemms_use_tensor_cores_on_sm90a() {
         let mma = sass.lines().filter(|l| l.contains("HMMA") || l.contains("HGMMA")).count();
         eprintln!("{name}: {mma} tensor-core instructions");
         assert!(mma > 0, "{name} has no HMMA/HGMMA instruction");
+    }
+}
+
+/// Every attention kernel glmv-codegen lists is built for both architectures: the backend looks each up by name
+/// when it loads, so a missing one would stop the CUDA backend from starting.
+#[test]
+fn specialised_attention_kernels_are_built() {
+    let (_, image) = KERNEL_IMAGES
+        .iter()
+        .find(|(name, _)| *name == "attention_specialised")
+        .expect("the attention_specialised kernel image is embedded");
+    for arch in ["sm_90a", "sm_100a"] {
+        let functions = sass_functions(image, arch);
+        for k in glmv_codegen::attention_kernels() {
+            assert!(functions.iter().any(|(n, _)| *n == k.symbol()), "{} missing for {arch}", k.symbol());
+        }
     }
 }

@@ -6,6 +6,8 @@ use cudarc::{
     nvrtc::Ptx,
 };
 
+use glmv_codegen::{AttentionKernel, KvDtype};
+
 use super::device_err;
 use crate::{Error, Result};
 
@@ -38,8 +40,10 @@ pub struct Kernels {
     pub scatter_rows: CudaFunction,
     pub merge_windows: CudaFunction,
     pub rope_qkv: CudaFunction,
-    /// By KV element type: f32, bf16, fp8.
+    /// Generic attention by KV element type: f32, bf16, fp8.
     pub attention: [CudaFunction; 3],
+    /// Attention compiled for the head shapes of the models glmv serves (glmv-codegen's list).
+    pub attention_specialised: Vec<(AttentionKernel, CudaFunction)>,
     pub moe_route: CudaFunction,
     pub moe_gate_up: [CudaFunction; 4],
     pub moe_down: [CudaFunction; 4],
@@ -86,9 +90,26 @@ impl Kernels {
                 f("attention", "attention_bf16")?,
                 f("attention", "attention_fp8")?,
             ],
+            attention_specialised: glmv_codegen::attention_kernels()
+                .into_iter()
+                .map(|k| Ok((k, f("attention_specialised", &k.symbol())?)))
+                .collect::<Result<_>>()?,
             moe_route: f("moe", "moe_route")?,
             moe_gate_up: per_dtype("moe", "moe_gate_up")?,
             moe_down: per_dtype("moe", "moe_down")?,
         })
+    }
+}
+
+impl Kernels {
+    /// The attention kernel for these shapes: the specialised one when it was built, else the generic one.
+    pub fn attention_for(&self, kv: KvDtype, heads: usize, kv_heads: usize, head_dim: usize) -> &CudaFunction {
+        let want = AttentionKernel::for_shape(kv, heads as u32, kv_heads as u32, head_dim as u32);
+        let generic = match kv {
+            KvDtype::F32 => &self.attention[0],
+            KvDtype::Bf16 => &self.attention[1],
+            KvDtype::Fp8 => &self.attention[2],
+        };
+        self.attention_specialised.iter().find(|(k, _)| *k == want).map_or(generic, |(_, f)| f)
     }
 }

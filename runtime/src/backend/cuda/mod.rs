@@ -230,11 +230,17 @@ impl CudaBackend {
             offsets.as_ref().map_or(0, |t| self.ptr(t)),
             self.ptr(&out.buf),
         ];
-        let mut b = self.stream.launch_builder(&self.k.attention[kv_code(kv.dtype) as usize]);
+        let kernel_kv = match kv.dtype {
+            KvDtype::F32 => glmv_codegen::KvDtype::F32,
+            KvDtype::Bf16 => glmv_codegen::KvDtype::Bf16,
+            KvDtype::Fp8E4m3 => glmv_codegen::KvDtype::Fp8,
+        };
+        let kernel = self.k.attention_for(kernel_kv, shape.num_heads, shape.num_kv_heads, d);
+        let mut b = self.stream.launch_builder(kernel);
         b.arg(&ptrs[0]).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale);
         b.arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs).arg(&kv.k_scale).arg(&kv.v_scale);
         b.arg(&ptrs[1]).arg(&ptrs[2]).arg(&ptrs[3]).arg(&ptrs[4]).arg(&block_size).arg(&ptrs[5]);
-        // SAFETY: argument list matches kernels-cuda/attention.cu attention; every key index is inside k and v
+        // SAFETY: argument list matches kernels-cuda/attention.cuh ATTENTION_KERNEL; every key index is inside k and v
         // (checked by the callers).
         unsafe { b.launch(cfg) }.map_err(device_err)?;
         Ok(out)

@@ -1,0 +1,172 @@
+//! glmv's shape-specialised GPU kernels, described once and emitted for a target.
+//!
+//! A kernel template in `kernels-cuda/*.cuh` takes its shapes as template parameters, 0 meaning "read it at run
+//! time". This crate lists the shapes of the models glmv serves ([`ATTENTION_SHAPES`]), derives which
+//! instantiations to build ([`attention_kernels`]), writes their source for a target ([`emit_cuda`]; HIP later from
+//! the same descriptions), and names them ([`AttentionKernel::symbol`]), so that `runtime/build.rs` compiles exactly
+//! what the CUDA backend looks up, and anything else (test fixtures, unknown checkpoints) runs the generic kernels.
+//!
+//! The descriptions are target-neutral: shapes, dtypes and names only. What is CUDA-specific is [`emit_cuda`].
+
+/// The attention shape of one model component (reference/model.md §1, §3): query heads, key/value heads and head
+/// dimension. Checkpoints with other shapes run the generic kernels, so an entry here is an optimisation, never a
+/// requirement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub what: &'static str,
+    pub heads: u32,
+    pub kv_heads: u32,
+    pub head_dim: u32,
+}
+
+impl AttentionShape {
+    /// Query heads per key/value head.
+    pub fn group(&self) -> u32 {
+        self.heads / self.kv_heads
+    }
+}
+
+/// The shapes glmv specialises attention for. Values verified against the GLM-4.5V checkpoint dump and transformers'
+/// configuration defaults (reference/model.md §1.1, §1.3, §3); GLM-4.6V-Flash's kv heads are unverified, so it is
+/// left to the generic kernels until a checkpoint says.
+pub const ATTENTION_SHAPES: &[AttentionShape] = &[
+    AttentionShape { what: "GLM-4.5V / GLM-4.6V text decoder", heads: 96, kv_heads: 8, head_dim: 128 },
+    AttentionShape { what: "GLM-4.1V / Glyph text decoder", heads: 32, kv_heads: 2, head_dim: 128 },
+    AttentionShape { what: "vision tower (both families)", heads: 12, kv_heads: 12, head_dim: 128 },
+];
+
+/// Element type of the keys and values attention reads (`KV_*` in kernels-cuda/common.cuh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KvDtype {
+    F32,
+    Bf16,
+    Fp8,
+}
+
+impl KvDtype {
+    pub const ALL: [KvDtype; 3] = [KvDtype::F32, KvDtype::Bf16, KvDtype::Fp8];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "f32",
+            KvDtype::Bf16 => "bf16",
+            KvDtype::Fp8 => "fp8",
+        }
+    }
+
+    fn cuda_constant(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "KV_F32",
+            KvDtype::Bf16 => "KV_BF16",
+            KvDtype::Fp8 => "KV_FP8",
+        }
+    }
+}
+
+/// One attention kernel: its KV element type and, when specialised, the head dimension and query heads per kv head
+/// it is compiled for (None: read at run time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttentionKernel {
+    pub kv: KvDtype,
+    pub head_dim: Option<u32>,
+    pub group: Option<u32>,
+}
+
+impl AttentionKernel {
+    /// The kernel's exported name: `attention_bf16` (generic) or `attention_bf16_d128_g12`.
+    pub fn symbol(&self) -> String {
+        match (self.head_dim, self.group) {
+            (Some(d), Some(g)) => format!("attention_{}_d{d}_g{g}", self.kv.suffix()),
+            _ => format!("attention_{}", self.kv.suffix()),
+        }
+    }
+
+    /// The kernel to launch for these run-time shapes: the specialised one when it is built, else the generic one.
+    pub fn for_shape(kv: KvDtype, heads: u32, kv_heads: u32, head_dim: u32) -> AttentionKernel {
+        let specialised = kv_heads > 0
+            && heads.is_multiple_of(kv_heads)
+            && ATTENTION_SHAPES.iter().any(|s| s.head_dim == head_dim && s.group() == heads / kv_heads);
+        if specialised {
+            AttentionKernel { kv, head_dim: Some(head_dim), group: Some(heads / kv_heads) }
+        } else {
+            AttentionKernel { kv, head_dim: None, group: None }
+        }
+    }
+}
+
+/// The specialised attention kernels: one per KV dtype and distinct (head_dim, group) of [`ATTENTION_SHAPES`]. The
+/// generic kernels are written by hand in kernels-cuda/attention.cu and are not listed.
+pub fn attention_kernels() -> Vec<AttentionKernel> {
+    let mut out: Vec<AttentionKernel> = Vec::new();
+    for shape in ATTENTION_SHAPES {
+        for kv in KvDtype::ALL {
+            let k = AttentionKernel { kv, head_dim: Some(shape.head_dim), group: Some(shape.group()) };
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+    }
+    out
+}
+
+/// One generated source file: a kernel group, compiled into one code object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedSource {
+    /// The group's name (the embedded image's name and the file stem).
+    pub group: &'static str,
+    pub text: String,
+}
+
+/// The CUDA sources of every specialised kernel group; they include the templates of kernels-cuda/.
+pub fn emit_cuda() -> Vec<GeneratedSource> {
+    let mut text = String::from(
+        "// Generated by glmv-codegen (codegen/src/lib.rs) from ATTENTION_SHAPES: attention specialised for the\n\
+         // head dimension and query heads per kv head of the models glmv serves. Do not edit.\n\
+         #include \"attention.cuh\"\n",
+    );
+    for k in attention_kernels() {
+        let (d, g) = (k.head_dim.unwrap_or(0), k.group.unwrap_or(0));
+        text.push_str(&format!("ATTENTION_KERNEL({}, {}, {d}, {g})\n", k.symbol(), k.kv.cuda_constant()));
+    }
+    vec![GeneratedSource { group: "attention_specialised", text }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_model_shape_gets_its_kernels() {
+        let kernels = attention_kernels();
+        // Three distinct (head_dim, group) pairs x three KV dtypes.
+        assert_eq!(kernels.len(), 9);
+        // GLM-4.5V: 96 query heads over 8 kv heads, head_dim 128.
+        let k = AttentionKernel::for_shape(KvDtype::Bf16, 96, 8, 128);
+        assert_eq!(k.symbol(), "attention_bf16_d128_g12");
+        assert!(kernels.contains(&k));
+        assert_eq!(AttentionKernel::for_shape(KvDtype::Fp8, 32, 2, 128).symbol(), "attention_fp8_d128_g16");
+        assert_eq!(AttentionKernel::for_shape(KvDtype::F32, 12, 12, 128).symbol(), "attention_f32_d128_g1");
+    }
+
+    #[test]
+    fn other_shapes_run_the_generic_kernels() {
+        // The fixtures' tiny models, a head_dim that no model uses, and nonsense all fall back.
+        assert_eq!(AttentionKernel::for_shape(KvDtype::Bf16, 4, 2, 32).symbol(), "attention_bf16");
+        assert_eq!(AttentionKernel::for_shape(KvDtype::Fp8, 96, 8, 64).symbol(), "attention_fp8");
+        assert_eq!(AttentionKernel::for_shape(KvDtype::F32, 5, 0, 128).symbol(), "attention_f32");
+        assert_eq!(AttentionKernel::for_shape(KvDtype::F32, 7, 2, 128).symbol(), "attention_f32");
+    }
+
+    #[test]
+    fn the_cuda_source_instantiates_every_kernel_once() {
+        let sources = emit_cuda();
+        assert_eq!(sources.len(), 1);
+        let text = &sources[0].text;
+        assert!(text.contains("#include \"attention.cuh\""));
+        for k in attention_kernels() {
+            let line = format!("ATTENTION_KERNEL({}, ", k.symbol());
+            assert_eq!(text.matches(&line).count(), 1, "{line}");
+        }
+        assert!(text.contains("ATTENTION_KERNEL(attention_bf16_d128_g12, KV_BF16, 128, 12)"));
+    }
+}
