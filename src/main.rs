@@ -13,6 +13,7 @@ use glmv_runtime::{
 };
 use serde_json::json;
 
+mod config_cmd;
 mod request_file;
 mod serve_cmd;
 
@@ -32,6 +33,8 @@ enum Command {
     Logits(LogitsArgs),
     /// Serve the OpenAI-compatible API (drop-in for `python -m sglang.launch_server`).
     Serve(Box<serve_cmd::ServeArgs>),
+    /// Print the launch command and memory plan of a model on a kind of GPU.
+    Config(Box<config_cmd::ConfigArgs>),
 }
 
 #[derive(Args)]
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => on_backend!(args.model.device, generate, &args),
         Command::Logits(args) => on_backend!(args.model.device, logits, &args),
         Command::Serve(args) => serve_cmd::run(&args),
+        Command::Config(args) => config_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
