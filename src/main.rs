@@ -14,6 +14,7 @@ use glmv_runtime::{
 use serde_json::json;
 
 mod bench;
+mod config_cmd;
 mod request_file;
 mod serve_cmd;
 
@@ -35,6 +36,8 @@ enum Command {
     Serve(Box<serve_cmd::ServeArgs>),
     /// Benchmark an OpenAI-compatible server (glmv, SGLang, vLLM) with `sglang.bench_serving`'s figures.
     Bench(Box<bench::BenchArgs>),
+    /// Print the launch command and memory plan of a model on a kind of GPU.
+    Config(Box<config_cmd::ConfigArgs>),
 }
 
 #[derive(Args)]
@@ -133,6 +136,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => on_backend!(args.model.device, logits, &args),
         Command::Serve(args) => serve_cmd::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Config(args) => config_cmd::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,6 +9,7 @@ use clap::Args;
 use glmv_runtime::{
     backend::Backend,
     backend::KvDtype,
+    config::plan,
     demo,
     pipeline::{LoadFormat, Pipeline},
 };
@@ -44,13 +45,13 @@ pub struct ServeArgs {
     #[arg(long)]
     context_length: Option<usize>,
     /// Sequences decoded together (fixed slots).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = plan::MAX_RUNNING_REQUESTS)]
     max_running_requests: usize,
     /// Prompt tokens prefilled per step.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = plan::CHUNKED_PREFILL_SIZE)]
     chunked_prefill_size: usize,
     /// Fraction of the device's memory for weights and KV cache together.
-    #[arg(long, default_value_t = 0.85)]
+    #[arg(long, default_value_t = plan::MEM_FRACTION_STATIC)]
     mem_fraction_static: f64,
     /// Caps the KV cache at this many tokens.
     #[arg(long)]
@@ -219,7 +220,7 @@ where
         _ => KvDtype::Bf16,
     };
     pipeline.kv_dtype = kv_dtype;
-    let block_size = 16;
+    let block_size = plan::KV_BLOCK_SIZE;
     // SGLang's meaning: weights and KV cache together take this fraction of the device's memory. What is in use
     // now (the weights, plus anything else on the device) comes off the KV share.
     let (available, total) = pipeline.backend.memory_info()?;

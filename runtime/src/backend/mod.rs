@@ -87,6 +87,11 @@ impl KvDtype {
         }
     }
 
+    /// Bytes one token's keys (or values) take in one kv head of `head_dim` dims, FP8's f32 scale included.
+    pub fn head_bytes(self, head_dim: usize) -> usize {
+        head_dim * self.element_bytes() + if self == KvDtype::Fp8E4m3 { 4 } else { 0 }
+    }
+
     /// One head's values as the cache will give them back.
     pub fn round_trip(self, head: &mut [f32]) {
         use crate::weights::{bf16_to_f32, f32_to_bf16_rne, f32_to_f8e4m3_rne, F8E4M3_TABLE};

@@ -1,6 +1,8 @@
 //! The checkpoint's configuration: config.json of both GLM-V families, generation_config.json and the FP8 scheme.
 //! Every model number the rest of the runtime uses comes from here; nothing model-specific is a constant in code.
 mod json;
+pub mod known;
+pub mod plan;
 mod quant;
 
 use std::path::Path;

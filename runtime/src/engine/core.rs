@@ -360,10 +360,7 @@ impl<B: Backend> Engine<B> {
     /// (how `--mem-fraction-static` becomes a pool size).
     pub fn blocks_for_budget(pipeline: &Pipeline<B>, bytes: usize, block_size: usize, dtype: KvDtype) -> usize {
         let spec = pipeline.model.kv_cache_spec(1, block_size, dtype);
-        let per_token = spec.num_layers
-            * 2
-            * spec.num_kv_heads
-            * (spec.head_dim * dtype.element_bytes() + if dtype == KvDtype::Fp8E4m3 { 4 } else { 0 });
+        let per_token = spec.num_layers * 2 * spec.num_kv_heads * dtype.head_bytes(spec.head_dim);
         bytes / (per_token * block_size).max(1)
     }
 
