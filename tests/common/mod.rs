@@ -145,7 +145,12 @@ pub struct VisionCaseReference {
 
 impl VisionCaseReference {
     pub fn load(case: &str) -> Self {
-        let prompts = WeightStore::open_file(&fixtures_root().join("vision/prompts.safetensors")).unwrap();
+        Self::load_from("vision/prompts.safetensors", case)
+    }
+
+    /// A case of another prompts file of the same layout (e.g. `video/prompts.safetensors`).
+    pub fn load_from(file: &str, case: &str) -> Self {
+        let prompts = WeightStore::open_file(&fixtures_root().join(file)).unwrap();
         let ids = prompts.get(&format!("{case}.input_ids")).unwrap();
         let logits = prompts.get(&format!("{case}.logits")).unwrap();
         VisionCaseReference {
