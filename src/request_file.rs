@@ -43,7 +43,7 @@ pub fn load_request(
         timeout: Duration::from_secs(60),
         ..FetchOptions::default()
     });
-    let media = ServerMedia::new(fetcher, MediaLimits::default(), model_dir, config, &tokenizer)?;
+    let media = ServerMedia::new(fetcher, MediaLimits::default(), model_dir, config, tokenizer.clone())?;
     let builder = PromptBuilder {
         tokenizer,
         template: ChatTemplate::from_dir(model_dir)?,

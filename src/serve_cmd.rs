@@ -75,6 +75,13 @@ pub struct ServeArgs {
     /// default. Larger pictures are refused from their header, before any pixel is decoded.
     #[arg(long, default_value_t = 89_478_485)]
     max_media_pixels: u64,
+    /// Most frames a video may have (MP4/H.264): every frame is decoded, whatever the sampling keeps.
+    #[arg(long, default_value_t = glmv_runtime::media::MediaLimits::default().max_video_frames)]
+    max_video_frames: u64,
+    /// Most pixels decoding one video may produce (frames x width x height): bounds its decoding time. The default
+    /// is 18,000 frames of 1280x720.
+    #[arg(long, default_value_t = glmv_runtime::media::MediaLimits::default().max_video_decoded_pixels)]
+    max_video_decoded_pixels: u64,
     #[arg(long, default_value_t = 32)]
     max_images_per_request: usize,
     #[arg(long, default_value_t = 4)]
@@ -260,6 +267,8 @@ where
         allowed_local_media_path: args.allowed_local_media_path.clone(),
         max_media_bytes: args.max_media_bytes,
         max_media_pixels: args.max_media_pixels,
+        max_video_frames: args.max_video_frames,
+        max_video_decoded_pixels: args.max_video_decoded_pixels,
         max_images_per_request: args.max_images_per_request,
         max_videos_per_request: args.max_videos_per_request,
         limits: Limits {

@@ -190,44 +190,39 @@ fn missing_tensor_is_a_one_line_error_naming_it() {
     assert_one_line_error(&dir, &format!("layers.{layers}."));
 }
 
-/// `--request`: an OpenAI chat body with two images (a bare relative path and a `file://` URL) through the same
-/// prompt building as the server, against transformers' `Glm4vProcessor` ids and logits (tests/fixtures/vision).
-#[test]
-fn request_file_with_two_images_matches_transformers() {
-    let case = "dense_two_images";
-    let ckpt = fixtures_root().join("dense_bf16/checkpoint");
-    let images = fixtures_root().join("vision/images").canonicalize().unwrap();
-    let reference = VisionCaseReference::load(case);
+/// Runs `glmv logits` and `glmv generate` on a request file (relative paths resolved from `cwd`) and checks the
+/// expanded prompt ids, every position's logits (relative L2 within the end-to-end bar of 1e-2) and the greedy
+/// tokens against transformers' reference. Returns the request file's path (removed).
+fn request_file_matches(
+    name: &str,
+    reference: &VisionCaseReference,
+    ckpt: &Path,
+    request: Value,
+    cwd: &Path,
+) -> PathBuf {
     let (want_ids, want, vocab) = (reference.input_ids.clone(), &reference.logits, reference.vocab);
-
-    let request = serde_json::json!({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "wide_60x1000.png"}},
-        {"type": "image_url", "image_url": {"url": format!("file://{}", images.join("anim_48x64.gif").display())}},
-        {"type": "text", "text": "How many fruits are there?"}]}],
-        "temperature": 0, "max_tokens": 2});
-    let file = std::env::temp_dir().join(format!("glmv-cli-request-{}.json", std::process::id()));
+    let file = std::env::temp_dir().join(format!("glmv-cli-request-{name}-{}.json", std::process::id()));
     std::fs::write(&file, request.to_string()).unwrap();
     let run = |cmd: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_glmv"))
             .args([cmd, "--model-path", ckpt.to_str().unwrap(), "--device", "cpu", "--json", "--request"])
             .arg(&file)
-            .current_dir(&images)
+            .current_dir(cwd)
             .output()
             .unwrap();
         json_stdout(&out)
     };
 
     let v = run("logits");
-    assert_eq!(ids(&v["prompt_token_ids"]), want_ids, "expanded prompt ids");
+    assert_eq!(ids(&v["prompt_token_ids"]), want_ids, "{name}: expanded prompt ids");
     let rows = v["logits"].as_array().unwrap();
     let mut worst = 0f64;
     for (row, want) in rows.iter().zip(want.chunks(vocab)) {
         let row: Vec<f32> = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
         worst = worst.max(rel_l2(&row, want));
     }
-    eprintln!("{case} from a request file: worst relative L2 per position {worst:.2e}");
-    // PNG and GIF decode bit-exactly, so the end-to-end bar of the vision issue applies.
-    assert!(worst <= 1e-2, "{worst:.2e}");
+    eprintln!("{name} from a request file: worst relative L2 per position {worst:.2e}");
+    assert!(worst <= 1e-2, "{name}: {worst:.2e}");
 
     let g = run("generate");
     assert_eq!(ids(&g["prompt_token_ids"]), want_ids);
@@ -235,6 +230,23 @@ fn request_file_with_two_images_matches_transformers() {
     assert_eq!(output.len(), 2, "the request's max_tokens");
     assert_eq!(output[0] as usize, argmax(reference.last_row()), "greedy (the request's temperature 0)");
     std::fs::remove_file(&file).unwrap();
+    file
+}
+
+/// `--request`: an OpenAI chat body with two images (a bare relative path and a `file://` URL) through the same
+/// prompt building as the server, against transformers' `Glm4vProcessor` ids and logits (tests/fixtures/vision).
+#[test]
+fn request_file_with_two_images_matches_transformers() {
+    let case = "dense_two_images";
+    let ckpt = fixtures_root().join("dense_bf16/checkpoint");
+    let images = fixtures_root().join("vision/images").canonicalize().unwrap();
+    let request = serde_json::json!({"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "wide_60x1000.png"}},
+        {"type": "image_url", "image_url": {"url": format!("file://{}", images.join("anim_48x64.gif").display())}},
+        {"type": "text", "text": "How many fruits are there?"}]}],
+        "temperature": 0, "max_tokens": 2});
+    // PNG and GIF decode bit-exactly, so the end-to-end bar of the vision issue applies.
+    let file = request_file_matches(case, &VisionCaseReference::load(case), &ckpt, request, &images);
 
     // Errors name the request file and the part.
     std::fs::write(
@@ -250,4 +262,21 @@ fn request_file_with_two_images_matches_transformers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("messages[0].content[0]") && err.contains("missing.png"), "{err}");
     std::fs::remove_file(&file).unwrap();
+}
+
+/// `--request` with a video (MP4 by relative path) and an image in one message, against transformers'
+/// `Glm4vProcessor` ids and logits (tests/fixtures/video, case moe_glm4v_video_and_image).
+#[test]
+fn request_file_with_a_video_and_an_image_matches_transformers() {
+    let case = "moe_glm4v_video_and_image";
+    let ckpt = fixtures_root().join("moe_bf16/checkpoint");
+    let videos = fixtures_root().join("video/videos").canonicalize().unwrap();
+    let image = fixtures_root().join("vision/images/rgb_100x100.png").canonicalize().unwrap();
+    let request = serde_json::json!({"messages": [{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": "baseline_64x48.mp4"}},
+        {"type": "image_url", "image_url": {"url": format!("file://{}", image.display())}},
+        {"type": "text", "text": "Is the picture a frame of the video?"}]}],
+        "temperature": 0, "max_tokens": 2});
+    let reference = VisionCaseReference::load_from("video/prompts.safetensors", case);
+    request_file_matches(case, &reference, &ckpt, request, &videos);
 }

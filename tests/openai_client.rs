@@ -6,7 +6,10 @@ mod common;
 use std::{path::PathBuf, process::Command};
 
 use common::{crafted, fixtures_root, server::ServerProcess};
-use glmv_runtime::media::{merged_tokens, ImageProcessor, MediaLimits};
+use glmv_runtime::{
+    media::{merged_tokens, ImageProcessor, MediaLimits, VideoProcessor},
+    text::Tokenizer,
+};
 use serde_json::json;
 
 fn python() -> PathBuf {
@@ -36,6 +39,14 @@ fn official_openai_client_and_curl() {
             merged_tokens(input.grid, processor.merge_size)
         })
         .sum();
+    // A video by path: its prompt ids as glmv's processor computes them (tests/video_parity.rs holds those equal to
+    // transformers').
+    let video = fixtures_root().join("video/videos/high_90x62.mp4").canonicalize().unwrap();
+    let processed = VideoProcessor::from_dir(&dir)
+        .unwrap()
+        .process_bytes(&std::fs::read(&video).unwrap(), &MediaLimits::default())
+        .unwrap();
+    let video_ids = processed.prompt_ids(2, &Tokenizer::from_dir(&dir).unwrap()).unwrap().len();
     let server = ServerProcess::start(
         Some(&dir),
         &[
@@ -50,7 +61,7 @@ fn official_openai_client_and_curl() {
             "--context-length",
             "512",
             "--allowed-local-media-path",
-            images.to_str().unwrap(),
+            fixtures_root().canonicalize().unwrap().to_str().unwrap(),
         ],
     );
     let script = json!({
@@ -58,6 +69,7 @@ fn official_openai_client_and_curl() {
         "reasoning": crafted::REASONING, "tool": crafted::TOOL, "arg_key": crafted::ARG_KEY,
         "arg_value": crafted::ARG_VALUE, "answer": crafted::ANSWER,
         "image_png": png, "image_jpeg": jpeg, "image_tokens": image_tokens,
+        "video_mp4": video, "video_ids": video_ids,
     });
     let out = Command::new(python())
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client/check_client.py"))

@@ -1,4 +1,4 @@
-//! Images through `glmv serve` end to end: content parts as clients send them (a `file://` path under the allowed
+//! Images and videos through `glmv serve` end to end: content parts as clients send them (a `file://` path under the allowed
 //! root and a `data:` URL in one message), fetched, decoded and preprocessed on the server's workers, run through
 //! the vision tower, and checked against transformers' fixtures (scripts/fixtures/gen_vision_fixtures.py): the
 //! prompt length equals `Glm4vProcessor`'s expanded ids and the first greedy token is the argmax of transformers'
@@ -55,8 +55,7 @@ struct Expected {
     last_logprobs: Vec<f64>,
 }
 
-fn expected(case: &Case) -> Expected {
-    let reference = VisionCaseReference::load(case.name);
+fn expected(reference: VisionCaseReference) -> Expected {
     let last: Vec<f64> = reference.last_row().iter().map(|&v| v as f64).collect();
     let max = last.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let log_sum = last.iter().map(|v| (v - max).exp()).sum::<f64>().ln() + max;
@@ -99,53 +98,133 @@ fn usage_prompt(body: &Value) -> usize {
     body["usage"]["prompt_tokens"].as_u64().unwrap() as usize
 }
 
+/// Sends `request(false)` and `request(true)` and checks the answers against transformers' expectations: prompt
+/// length, greedy token, its log-probability and the top alternatives, and the streamed answer equal to the plain one.
+fn check_answer(addr: &str, name: &str, tokenizer: &Tokenizer, want: &Expected, request: impl Fn(bool) -> Value) {
+    let argmax =
+        (0..want.last_logprobs.len()).max_by(|&a, &b| want.last_logprobs[a].total_cmp(&want.last_logprobs[b])).unwrap();
+    let want_token = tokenizer.decode(&[argmax as u32], false).unwrap();
+
+    let plain = post_json(addr, "/v1/chat/completions", &request(false));
+    assert_eq!(plain.status, 200, "{name}: {}", plain.body);
+    let (token, logprob, top) = first_token(&plain.json());
+    let prompt_tokens = usage_prompt(&plain.json());
+
+    let streamed = post_json(addr, "/v1/chat/completions", &request(true));
+    assert_eq!(streamed.status, 200, "{name}");
+    let chunks = streamed.chunks();
+    let with_logprobs = chunks.iter().find(|c| c["choices"][0]["logprobs"].is_object()).unwrap();
+    let (stream_token, stream_logprob, _) = first_token(with_logprobs);
+    let stream_prompt_tokens = usage_prompt(chunks.last().unwrap());
+
+    eprintln!(
+        "{name}: {prompt_tokens} prompt tokens, first token {token:?} logprob {logprob:.4} (transformers {want_token:?} {:.4})",
+        want.last_logprobs[argmax]
+    );
+    assert_eq!(prompt_tokens, want.prompt_tokens, "{name}: prompt length with the media expanded");
+    assert_eq!(token, want_token, "{name}: greedy token");
+    assert!((logprob - want.last_logprobs[argmax]).abs() < MAX_LOGPROB_DIFF, "{name}: logprob {logprob}");
+    let mut want_top = want.last_logprobs.clone();
+    want_top.sort_by(|a, b| b.total_cmp(a));
+    assert_eq!(top.len(), TOP, "{name}");
+    for (got, want) in top.iter().zip(&want_top) {
+        assert!((got - want).abs() < MAX_LOGPROB_DIFF, "{name}: top logprobs {top:?} vs {:?}", &want_top[..TOP]);
+    }
+    assert_eq!((stream_token, stream_logprob), (token, logprob), "{name}: streamed answer");
+    assert_eq!(stream_prompt_tokens, prompt_tokens, "{name}: streamed usage");
+}
+
 #[test]
 fn two_images_by_path_and_data_url_match_transformers() {
     let allowed = images_dir();
     for case in &CASES {
         let checkpoint = fixtures_root().join(case.checkpoint).join("checkpoint");
         let tokenizer = Tokenizer::from_dir(&checkpoint).unwrap();
-        let want = expected(case);
-        let argmax = (0..want.last_logprobs.len())
-            .max_by(|&a, &b| want.last_logprobs[a].total_cmp(&want.last_logprobs[b]))
-            .unwrap();
-        let want_token = tokenizer.decode(&[argmax as u32], false).unwrap();
-
         let server =
             ServerProcess::start(Some(&checkpoint), &["--allowed-local-media-path", allowed.to_str().unwrap()]);
-        let plain = post_json(&server.addr, "/v1/chat/completions", &request(case, false));
-        assert_eq!(plain.status, 200, "{}: {}", case.name, plain.body);
-        let (token, logprob, top) = first_token(&plain.json());
-        let prompt_tokens = usage_prompt(&plain.json());
-
-        let streamed = post_json(&server.addr, "/v1/chat/completions", &request(case, true));
-        assert_eq!(streamed.status, 200, "{}", case.name);
-        let chunks = streamed.chunks();
-        let with_logprobs = chunks.iter().find(|c| c["choices"][0]["logprobs"].is_object()).unwrap();
-        let (stream_token, stream_logprob, _) = first_token(with_logprobs);
-        let stream_prompt_tokens = usage_prompt(chunks.last().unwrap());
-
-        eprintln!(
-            "{}: {prompt_tokens} prompt tokens, first token {token:?} logprob {logprob:.4} (transformers {want_token:?} {:.4})",
-            case.name, want.last_logprobs[argmax]
-        );
-        assert_eq!(prompt_tokens, want.prompt_tokens, "{}: prompt length with both images expanded", case.name);
-        assert_eq!(token, want_token, "{}: greedy token", case.name);
-        assert!((logprob - want.last_logprobs[argmax]).abs() < MAX_LOGPROB_DIFF, "{}: logprob {logprob}", case.name);
-        let mut want_top = want.last_logprobs.clone();
-        want_top.sort_by(|a, b| b.total_cmp(a));
-        assert_eq!(top.len(), TOP, "{}", case.name);
-        for (got, want) in top.iter().zip(&want_top) {
-            assert!(
-                (got - want).abs() < MAX_LOGPROB_DIFF,
-                "{}: top logprobs {top:?} vs {:?}",
-                case.name,
-                &want_top[..TOP]
-            );
-        }
-        assert_eq!((stream_token, stream_logprob), (token, logprob), "{}: streamed answer", case.name);
-        assert_eq!(stream_prompt_tokens, prompt_tokens, "{}: streamed usage", case.name);
+        check_answer(&server.addr, case.name, &tokenizer, &expected(VisionCaseReference::load(case.name)), |stream| {
+            request(case, stream)
+        });
     }
+}
+
+/// Video cases of tests/fixtures/video (scripts/fixtures/gen_video_fixtures.py) whose video processor is the
+/// checkpoint's own (GLM-4.1V/4.5V sampling): (case, checkpoint, video, text).
+const VIDEO_CASES: [(&str, &str, &str, &str); 2] = [
+    ("moe_glm4v_baseline", "moe_bf16", "baseline_64x48", "What happens in the video?"),
+    ("dense_glm4v_high", "dense_bf16", "high_90x62", "Describe this video."),
+];
+
+#[test]
+fn videos_by_path_and_data_url_match_transformers() {
+    let videos = fixtures_root().join("video/videos").canonicalize().unwrap();
+    for (i, (name, checkpoint, video, text)) in VIDEO_CASES.into_iter().enumerate() {
+        let checkpoint = fixtures_root().join(checkpoint).join("checkpoint");
+        let tokenizer = Tokenizer::from_dir(&checkpoint).unwrap();
+        let server = ServerProcess::start(Some(&checkpoint), &["--allowed-local-media-path", videos.to_str().unwrap()]);
+        let path = videos.join(format!("{video}.mp4"));
+        // One case by path, the other inline.
+        let url = if i == 0 {
+            format!("file://{}", path.display())
+        } else {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&path).unwrap());
+            format!("data:video/mp4;base64,{b64}")
+        };
+        let reference = VisionCaseReference::load_from("video/prompts.safetensors", name);
+        check_answer(&server.addr, name, &tokenizer, &expected(reference), |stream| {
+            let mut body = json!({
+                "model": "default",
+                "messages": [{"role": "user", "content": [
+                    {"type": "video_url", "video_url": {"url": url}},
+                    {"type": "text", "text": text}]}],
+                "temperature": 0, "max_tokens": 1, "logprobs": true, "top_logprobs": TOP,
+                "stream": stream,
+            });
+            if stream {
+                body["stream_options"] = json!({"include_usage": true});
+            }
+            body
+        });
+    }
+}
+
+#[test]
+fn undecodable_videos_name_their_part() {
+    let checkpoint = fixtures_root().join("moe_bf16/checkpoint");
+    let server = ServerProcess::start(Some(&checkpoint), &["--max-video-frames", "20"]);
+    let good = std::fs::read(fixtures_root().join("video/videos/high_90x62.mp4")).unwrap();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let mut hevc = good.clone();
+    let stsd = good.windows(4).position(|w| w == b"stsd").unwrap();
+    hevc[stsd + 16..stsd + 20].copy_from_slice(b"hvc1");
+    let cases: [(String, u16, &str); 4] = [
+        (b64(b"not a video at all"), 400, "not an MP4 video"),
+        (b64(&good[..good.len() / 2]), 400, "invalid or truncated MP4/H.264 video"),
+        // 40 frames, over the 20 set above.
+        (b64(&good), 400, "the video has 40 frames, over the limit of 20"),
+        (b64(&hevc), 415, "H.265/HEVC"),
+    ];
+    assert_part_errors(&server.addr, "video_url", "video/mp4", cases);
+}
+
+/// Each (base64 payload, status, message part) sent as the second content part (`kind`, a `data:MIME` URL) must be
+/// refused with that status and a message naming the part; the server stays healthy after all of them.
+fn assert_part_errors(
+    addr: &str,
+    kind: &str,
+    mime: &str,
+    cases: impl IntoIterator<Item = (String, u16, &'static str)>,
+) {
+    for (payload, status, needle) in cases {
+        let body = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "see"},
+            {"type": kind, kind: {"url": format!("data:{mime};base64,{payload}")}}]}]});
+        let r = post_json(addr, "/v1/chat/completions", &body);
+        let text = r.body.clone();
+        assert_eq!(r.status, status, "{needle}: {text}");
+        assert!(text.contains("messages[0].content[1]") && text.contains(needle), "{needle}: {text}");
+    }
+    assert_eq!(common::server::get(addr, "/health").status, 200);
 }
 
 #[test]
@@ -162,15 +241,5 @@ fn undecodable_images_name_their_part() {
         // 900 x 3: an aspect ratio of 300, over smart_resize's 200.
         (b64(&png(900, 3, &rgb_rows(900, 3))), 400, "aspect ratio"),
     ];
-    for (payload, status, needle) in cases {
-        let body = json!({"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "see"},
-            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{payload}")}}]}]});
-        let r = post_json(&server.addr, "/v1/chat/completions", &body);
-        let text = r.body.clone();
-        assert_eq!(r.status, status, "{needle}: {text}");
-        assert!(text.contains("messages[0].content[1]") && text.contains(needle), "{needle}: {text}");
-    }
-    // The server is still healthy after all of them.
-    assert_eq!(common::server::get(&server.addr, "/health").status, 200);
+    assert_part_errors(&server.addr, "image_url", "image/png", cases);
 }

@@ -35,15 +35,7 @@ fn vision_dir() -> PathBuf {
 }
 
 fn meta() -> Value {
-    serde_json::from_slice(&std::fs::read(vision_dir().join("vision.json")).expect("vision.json")).unwrap()
-}
-
-fn grid_of(thw: &[i64]) -> Grid {
-    Grid { t: thw[0] as usize, h: thw[1] as usize, w: thw[2] as usize }
-}
-
-fn checkpoint(name: &str) -> PathBuf {
-    fixtures_root().join(name).join("checkpoint")
+    read_json(&vision_dir().join("vision.json"))
 }
 
 /// The fixture stores each patch row without its temporal axis ([C, P, P]); the processor repeats the one frame
@@ -75,7 +67,7 @@ fn process_file(processor: &ImageProcessor, name: &str) -> Result<MediaInput, Me
 fn image_files_preprocess_like_transformers() {
     let meta = meta();
     let pixels = WeightStore::open_file(&vision_dir().join("pixels.safetensors")).unwrap();
-    let processor = ImageProcessor::from_dir(&checkpoint("moe_bf16")).unwrap();
+    let processor = ImageProcessor::from_dir(&fixture_checkpoint("moe_bf16")).unwrap();
     let images = meta["images"].as_object().unwrap();
     assert!(images.len() >= 10);
     let mut failures = Vec::new();
@@ -84,11 +76,7 @@ fn image_files_preprocess_like_transformers() {
         let got = process_file(&processor, name).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got.grid, want.grid, "{name}: grid");
         assert_eq!(got.pixel_values.len(), want.pixel_values.len(), "{name}: pixel count");
-        let diffs: Vec<f64> =
-            got.pixel_values.iter().zip(&want.pixel_values).map(|(a, b)| f64::from((a - b).abs())).collect();
-        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-        let max = diffs.iter().cloned().fold(0.0, f64::max);
-        let exact = diffs.iter().filter(|&&d| d == 0.0).count() as f64 / diffs.len() as f64;
+        let (mean, max, exact) = pixel_diff(&got.pixel_values, &want.pixel_values);
         eprintln!("{name}: grid {:?}, mean |diff| {mean:.2e}, max {max:.2e}, {:.2}% exact", got.grid, exact * 100.0);
         if mean >= MAX_PIXEL_MEAN_ABS {
             failures.push(format!("{name}: mean |diff| {mean:.2e}"));
@@ -112,7 +100,7 @@ fn cases() -> Vec<Case> {
         .iter()
         .map(|c| Case {
             name: c["name"].as_str().unwrap().into(),
-            checkpoint: checkpoint(c["checkpoint"].as_str().unwrap()),
+            checkpoint: fixture_checkpoint(c["checkpoint"].as_str().unwrap()),
             images: c["images"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect(),
             text: c["text"].as_str().unwrap().into(),
             prompt: c["prompt"].as_str().unwrap().into(),
@@ -150,12 +138,6 @@ fn prompt_ids_match_transformers() {
         assert_eq!(expanded, case_ids(&prompts, &case), "{}: token ids", case.name);
         eprintln!("{}: {} ids, image tokens {counts:?}", case.name, expanded.len());
     }
-}
-
-/// Largest per-position relative L2 error of `got` against `want` ([positions, vocab]).
-fn worst_row(got: &[f32], want: &[f32], vocab: usize) -> f64 {
-    assert_eq!(got.len(), want.len());
-    got.chunks(vocab).zip(want.chunks(vocab)).map(|(g, w)| rel_l2(g, w)).fold(0.0, f64::max)
 }
 
 #[test]

@@ -1,10 +1,11 @@
 //! Media parts of a request turned into vision inputs: fetched by [`Fetcher`], decoded and preprocessed by
-//! `runtime::media` with the checkpoint's processor settings.
-use std::path::Path;
+//! `runtime::media` with the checkpoint's processor settings (images: `ImageProcessor`; videos: MP4/H.264 through
+//! `VideoProcessor`, which picks GLM-4.1V/4.5V or GLM-4.6V frame sampling from the checkpoint's config files).
+use std::{path::Path, sync::Arc};
 
 use glmv_runtime::{
     config::ModelConfig,
-    media::{merged_tokens, ImageProcessor, MediaError, MediaLimits},
+    media::{merged_tokens, ImageProcessor, MediaError, MediaLimits, VideoProcessor},
     text::Tokenizer,
 };
 
@@ -21,7 +22,10 @@ pub struct ServerMedia {
     fetcher: Fetcher,
     limits: MediaLimits,
     images: ImageProcessor,
+    videos: VideoProcessor,
     image_token: u32,
+    /// Tokenises each video frame pair's timestamp text.
+    tokenizer: Arc<Tokenizer>,
 }
 
 impl ServerMedia {
@@ -32,10 +36,11 @@ impl ServerMedia {
         limits: MediaLimits,
         model_dir: &Path,
         config: &ModelConfig,
-        _tokenizer: &Tokenizer,
+        tokenizer: Arc<Tokenizer>,
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let images = ImageProcessor::from_dir(model_dir)?;
-        Ok(ServerMedia { fetcher, limits, images, image_token: config.tokens.image })
+        let videos = VideoProcessor::from_dir(model_dir)?;
+        Ok(ServerMedia { fetcher, limits, images, videos, image_token: config.tokens.image, tokenizer })
     }
 }
 
@@ -45,6 +50,8 @@ fn media_error(part: &MediaPart, e: MediaError) -> ApiError {
         // The checkpoint's processor configuration, not the request, is at fault.
         MediaError::Config { .. } => 500,
         MediaError::TooLarge { .. } => 413,
+        // Valid input beyond what this server decodes.
+        MediaError::UnsupportedVideo { .. } => 415,
         _ => 400,
     };
     ApiError::new(status, format!("{}: {e}", part.param)).with_param(&part.param)
@@ -60,8 +67,10 @@ impl MediaSource for ServerMedia {
                 Ok(DecodedMedia { input, placeholder_ids: vec![self.image_token; tokens] })
             }
             MediaKind::Video => {
-                Err(ApiError::new(501, format!("{}: video input is not supported yet", part.param))
-                    .with_param(&part.param))
+                let video = self.videos.process_bytes(&bytes, &self.limits).map_err(|e| media_error(part, e))?;
+                let ids =
+                    video.prompt_ids(self.videos.base.merge_size, &self.tokenizer).map_err(|e| media_error(part, e))?;
+                Ok(DecodedMedia { input: video.input, placeholder_ids: ids })
             }
         }
     }

@@ -51,6 +51,8 @@ pub struct ServeConfig {
     pub allowed_local_media_path: Option<PathBuf>,
     pub max_media_bytes: usize,
     pub max_media_pixels: u64,
+    pub max_video_frames: u64,
+    pub max_video_decoded_pixels: u64,
     pub max_images_per_request: usize,
     pub max_videos_per_request: usize,
     pub limits: Limits,
@@ -124,9 +126,11 @@ where
     let limits = MediaLimits {
         max_encoded_bytes: cfg.max_media_bytes,
         max_pixels: cfg.max_media_pixels,
+        max_video_frames: cfg.max_video_frames,
+        max_video_decoded_pixels: cfg.max_video_decoded_pixels,
         ..MediaLimits::default()
     };
-    let media = ServerMedia::new(fetcher, limits, model_dir, &model_config, &tokenizer)?;
+    let media = ServerMedia::new(fetcher, limits, model_dir, &model_config, tokenizer.clone())?;
     let builder = Arc::new(PromptBuilder {
         tokenizer: tokenizer.clone(),
         template,

@@ -83,6 +83,37 @@ pub fn argmax(v: &[f32]) -> usize {
     glmv_runtime::engine::sampler::argmax(v) as usize
 }
 
+/// Largest per-position relative L2 error of `got` against `want` ([positions, vocab]).
+pub fn worst_row(got: &[f32], want: &[f32], vocab: usize) -> f64 {
+    assert_eq!(got.len(), want.len());
+    got.chunks(vocab).zip(want.chunks(vocab)).map(|(g, w)| rel_l2(g, w)).fold(0.0, f64::max)
+}
+
+/// Mean and largest absolute difference of two pixel-value vectors, and the fraction of equal values.
+pub fn pixel_diff(got: &[f32], want: &[f32]) -> (f64, f64, f64) {
+    assert_eq!(got.len(), want.len(), "pixel count");
+    let diffs: Vec<f64> = got.iter().zip(want).map(|(a, b)| f64::from((a - b).abs())).collect();
+    let n = diffs.len() as f64;
+    let mean = diffs.iter().sum::<f64>() / n;
+    let max = diffs.iter().cloned().fold(0.0, f64::max);
+    (mean, max, diffs.iter().filter(|&&d| d == 0.0).count() as f64 / n)
+}
+
+/// A fixture checkpoint directory (`tests/fixtures/NAME/checkpoint`).
+pub fn fixture_checkpoint(name: &str) -> PathBuf {
+    fixtures_root().join(name).join("checkpoint")
+}
+
+/// A JSON file of the fixtures.
+pub fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
+}
+
+/// A `grid_thw` triple of the fixtures.
+pub fn grid_of(thw: &[i64]) -> glmv_runtime::model::Grid {
+    glmv_runtime::model::Grid { t: thw[0] as usize, h: thw[1] as usize, w: thw[2] as usize }
+}
+
 /// The parity bar of the text-model issue.
 pub const MAX_REL_L2: f64 = 1e-3;
 
@@ -114,7 +145,12 @@ pub struct VisionCaseReference {
 
 impl VisionCaseReference {
     pub fn load(case: &str) -> Self {
-        let prompts = WeightStore::open_file(&fixtures_root().join("vision/prompts.safetensors")).unwrap();
+        Self::load_from("vision/prompts.safetensors", case)
+    }
+
+    /// A case of another prompts file of the same layout (e.g. `video/prompts.safetensors`).
+    pub fn load_from(file: &str, case: &str) -> Self {
+        let prompts = WeightStore::open_file(&fixtures_root().join(file)).unwrap();
         let ids = prompts.get(&format!("{case}.input_ids")).unwrap();
         let logits = prompts.get(&format!("{case}.logits")).unwrap();
         VisionCaseReference {

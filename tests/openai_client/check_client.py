@@ -125,7 +125,13 @@ if SCRIPT.get("video_mp4"):
              {"type": "text", "text": "What happens?"}]
     r = client.chat.completions.create(model=SCRIPT["model"], messages=[{"role": "user", "content": parts}],
                                        temperature=0, max_tokens=4)
-    check("video", r.usage.prompt_tokens > 20, r.usage)
+    text_only = client.chat.completions.create(model=SCRIPT["model"], temperature=0, max_tokens=4,
+                                               messages=[{"role": "user", "content": parts[1:]}])
+    # The template's <|begin_of_video|><|video|><|end_of_video|>, the <|video|> replaced by every frame pair's
+    # image tags, merged-patch tokens and timestamp.
+    added = r.usage.prompt_tokens - text_only.usage.prompt_tokens
+    check("video (file://)", added == SCRIPT["video_ids"] + 2 and r.choices[0].finish_reason,
+          (added, SCRIPT["video_ids"], r.usage))
 
 # Errors map to the SDK's exception classes.
 def expect(exc, status, fn):

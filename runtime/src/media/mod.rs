@@ -18,10 +18,12 @@ pub mod placeholder;
 pub mod processor;
 pub mod resample;
 mod transparency;
+pub mod video;
 
 pub use self::image::{decode_image, EncodedImage};
 pub use placeholder::{expand_image_placeholders, merged_tokens};
 pub use processor::ImageProcessor;
+pub use video::{ProcessedVideo, VideoFamily, VideoProcessor};
 
 /// An 8-bit RGB picture, row-major, 3 bytes per pixel: the common currency of image and video decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +44,10 @@ pub struct MediaLimits {
     pub max_pixels: u64,
     /// Largest max(h, w) / min(h, w) accepted; transformers' smart_resize rejects more than 200.
     pub max_aspect_ratio: f64,
+    /// Most frames (samples) a video may have; every one is decoded, whatever the sampling keeps.
+    pub max_video_frames: u64,
+    /// Most pixels decoding a whole video may produce (frames x width x height): bounds decoding time.
+    pub max_video_decoded_pixels: u64,
 }
 
 impl Default for MediaLimits {
@@ -51,6 +57,10 @@ impl Default for MediaLimits {
             // PIL's own decompression-bomb threshold (`Image.MAX_IMAGE_PIXELS`): ~256 MiB as RGB.
             max_pixels: 89_478_485,
             max_aspect_ratio: 200.0,
+            // 10 minutes at 30 fps.
+            max_video_frames: 18_000,
+            // 18,000 frames of 1280x720: about a minute or two of OpenH264 on one core.
+            max_video_decoded_pixels: 18_000 * 1280 * 720,
         }
     }
 }
@@ -59,7 +69,7 @@ impl Default for MediaLimits {
 /// that the server can return it to the client as is.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
-    #[error("the image is {size} bytes, over the limit of {limit} bytes")]
+    #[error("the file is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
     #[error("not an image in a supported format (PNG, JPEG, WebP, GIF, BMP)")]
     UnknownFormat,
@@ -77,6 +87,20 @@ pub enum MediaError {
     MemoryLimit { format: String, reason: String },
     #[error("the prompt has {found} image placeholders but {expected} images")]
     PlaceholderCount { found: usize, expected: usize },
+    #[error("not an MP4 video (videos must be MP4/MOV files with H.264 video)")]
+    NotMp4,
+    #[error("invalid or truncated MP4/H.264 video: {reason}")]
+    VideoDecode { reason: String },
+    #[error("unsupported video: {reason}")]
+    UnsupportedVideo { reason: String },
+    #[error("the video has no decodable frame")]
+    NoFrames,
+    #[error("the video has {frames} frames, over the limit of {limit}")]
+    TooManyFrames { frames: u64, limit: u64 },
+    #[error("the video's frames are {width}x{height} pixels, over the limit of {limit} pixels")]
+    FrameTooLarge { width: u64, height: u64, limit: u64 },
+    #[error("the video has {frames} frames of {width}x{height}, over the limit of {limit} decoded pixels")]
+    VideoTooLong { frames: u64, width: u64, height: u64, limit: u64 },
     #[error("{path}: {reason}")]
     Config { path: PathBuf, reason: String },
 }

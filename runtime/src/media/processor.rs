@@ -182,21 +182,33 @@ impl ImageProcessor {
         }
         let values = self.normalise(image);
         let (gh, gw) = (image.height / p, image.width / p);
-        let t = self.temporal_patch_size;
-        let row_len = 3 * t * p * p;
-        let mut pixel_values = Vec::with_capacity(gh * gw * row_len);
-        let plane = image.height * image.width;
-        for bh in 0..gh / m {
-            for bw in 0..gw / m {
-                for dy in 0..m {
-                    for dx in 0..m {
-                        let (y0, x0) = ((bh * m + dy) * p, (bw * m + dx) * p);
-                        for c in 0..3 {
-                            // The one frame fills every temporal slot of the patch.
-                            for _ in 0..t {
-                                for py in 0..p {
-                                    let start = c * plane + (y0 + py) * image.width + x0;
-                                    pixel_values.extend_from_slice(&values[start..start + p]);
+        // The one frame fills every temporal slot of each patch.
+        let pixel_values = self.patchify(&[values], image.height, image.width);
+        Ok(MediaInput { kind: MediaKind::Image, grid: Grid { t: 1, h: gh, w: gw }, pixel_values })
+    }
+
+    /// Patch rows of `frames` (channel-first planes of `height` x `width`): per group of `temporal_patch_size`
+    /// frames (the last frame repeated to fill the last group), the merge windows in order, each row laid out
+    /// (channel, time, patch row, patch column).
+    pub fn patchify(&self, frames: &[Vec<f32>], height: usize, width: usize) -> Vec<f32> {
+        let (p, m, t) = (self.patch_size, self.merge_size, self.temporal_patch_size);
+        let (gh, gw) = (height / p, width / p);
+        let groups = frames.len().div_ceil(t);
+        let plane = height * width;
+        let mut out = Vec::with_capacity(groups * gh * gw * 3 * t * p * p);
+        for g in 0..groups {
+            for bh in 0..gh / m {
+                for bw in 0..gw / m {
+                    for dy in 0..m {
+                        for dx in 0..m {
+                            let (y0, x0) = ((bh * m + dy) * p, (bw * m + dx) * p);
+                            for c in 0..3 {
+                                for k in 0..t {
+                                    let frame = &frames[(g * t + k).min(frames.len() - 1)];
+                                    for py in 0..p {
+                                        let start = c * plane + (y0 + py) * width + x0;
+                                        out.extend_from_slice(&frame[start..start + p]);
+                                    }
                                 }
                             }
                         }
@@ -204,7 +216,7 @@ impl ImageProcessor {
                 }
             }
         }
-        Ok(MediaInput { kind: MediaKind::Image, grid: Grid { t: 1, h: gh, w: gw }, pixel_values })
+        out
     }
 
     /// Channel-first f32 planes: `u8 as f64 * rescale_factor` cast to f32 (numpy's rescale), then

@@ -100,6 +100,8 @@ struct Kernels {
     /// `stride` weights per output position; unused tail entries are 0.
     weights: Vec<i32>,
     stride: usize,
+    /// Fractional bits of `weights`.
+    precision: u32,
 }
 
 impl Kernels {
@@ -113,6 +115,7 @@ impl Kernels {
             len: Vec::with_capacity(out_size),
             weights: vec![0; out_size * stride],
             stride,
+            precision: PRECISION_BITS,
         };
         let mut w = vec![0f64; stride];
         for out in 0..out_size {
@@ -141,20 +144,88 @@ impl Kernels {
     /// The 8-bit result of one output sample: `sample(i)` is the input sample at offset i of the window.
     fn apply(&self, out: usize, sample: impl Fn(usize) -> u8) -> u8 {
         let w = &self.weights[out * self.stride..out * self.stride + self.len[out]];
-        let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+        let mut acc: i64 = 1 << (self.precision - 1);
         for (i, &wi) in w.iter().enumerate() {
             acc += i64::from(sample(i)) * i64::from(wi);
         }
-        (acc >> PRECISION_BITS).clamp(0, 255) as u8
+        (acc >> self.precision).clamp(0, 255) as u8
+    }
+
+    /// PyTorch's kernels for `interpolate(uint8, mode="bicubic", antialias=True)` (what torchvision's `resize` runs
+    /// on uint8 tensors on CPU): the same windows as PIL's, weights from Keys' kernel (a = -0.5) written as PyTorch
+    /// writes it, normalised in f64, then turned into int16 with as many fractional bits as the largest weight
+    /// allows (`_compute_index_ranges_int16_weights`), rounded half away from zero.
+    fn torch_bicubic(in_size: usize, out_size: usize) -> Kernels {
+        const A: f64 = -0.5;
+        let filter = |x: f64| {
+            let x = x.abs();
+            if x < 1.0 {
+                ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+            } else if x < 2.0 {
+                ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+            } else {
+                0.0
+            }
+        };
+        let scale = in_size as f64 / out_size as f64;
+        let support = if scale >= 1.0 { 2.0 * scale } else { 2.0 };
+        let invscale = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
+        let stride = support.ceil() as usize * 2 + 1;
+        let mut start = Vec::with_capacity(out_size);
+        let mut len = Vec::with_capacity(out_size);
+        let mut w = vec![0f64; out_size * stride];
+        let mut w_max = 0f64;
+        for out in 0..out_size {
+            let center = scale * (out as f64 + 0.5);
+            let lo = ((center - support + 0.5) as i64).max(0);
+            let n = (((center + support + 0.5) as i64).min(in_size as i64) - lo).clamp(0, stride as i64) as usize;
+            let row = &mut w[out * stride..out * stride + n];
+            let mut total = 0.0;
+            for (j, wj) in row.iter_mut().enumerate() {
+                *wj = filter((j as f64 + lo as f64 - center + 0.5) * invscale);
+                total += *wj;
+            }
+            if total != 0.0 {
+                for wj in row.iter_mut() {
+                    *wj /= total;
+                    w_max = w_max.max(*wj);
+                }
+            }
+            start.push(lo as usize);
+            len.push(n);
+        }
+        let mut precision = 0;
+        while precision < 22 && ((0.5 + w_max * f64::from(1u32 << (precision + 1))) as i32) < (1 << 15) {
+            precision += 1;
+        }
+        let weights = w
+            .iter()
+            .map(|&v| {
+                let v = v * f64::from(1u32 << precision);
+                i32::from(if v < 0.0 { (-0.5 + v) as i16 } else { (0.5 + v) as i16 })
+            })
+            .collect();
+        Kernels { start, len, weights, stride, precision }
     }
 }
 
 /// `Image.resize((width, height), filter)` of an RGB image, byte for byte.
 pub fn resize(image: &RgbImage, width: usize, height: usize, filter: Filter) -> RgbImage {
+    separable(image, width, height, |i, o| Kernels::new(i, o, filter))
+}
+
+/// torchvision's `resize(uint8 tensor, (height, width), BICUBIC, antialias=True)` on CPU, byte for byte: the video
+/// processors of transformers resize frames this way (the image processors use PIL's [`resize`]).
+pub fn resize_torch_bicubic(image: &RgbImage, width: usize, height: usize) -> RgbImage {
+    separable(image, width, height, Kernels::torch_bicubic)
+}
+
+/// A horizontal pass (when the width changes) then a vertical one (when the height changes), each rounding to 8 bits.
+fn separable(image: &RgbImage, width: usize, height: usize, kernels: impl Fn(usize, usize) -> Kernels) -> RgbImage {
     if (width, height) == (image.width, image.height) || width == 0 || height == 0 {
         return RgbImage { width, height, pixels: if width * height == 0 { Vec::new() } else { image.pixels.clone() } };
     }
-    let vertical = Kernels::new(image.height, height, filter);
+    let vertical = kernels(image.height, height);
     // Only the input rows some output row reads go through the horizontal pass.
     let first_row = vertical.start[0];
     let last_row = vertical.start[height - 1] + vertical.len[height - 1];
@@ -162,7 +233,7 @@ pub fn resize(image: &RgbImage, width: usize, height: usize, filter: Filter) -> 
     let horizontal_out;
     let row_offset;
     if width != image.width {
-        let kh = Kernels::new(image.width, width, filter);
+        let kh = kernels(image.width, width);
         let rows = last_row - first_row;
         let mut pixels = vec![0u8; rows * width * 3];
         for r in 0..rows {
