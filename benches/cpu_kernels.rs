@@ -1,5 +1,6 @@
 //! The CPU reference backend's kernels at small shapes: BF16 and FP8 (per-channel, dequantised) GEMMs, paged
-//! attention (prefill chunk and decode step), an MoE block, and a vision block's attention over one image.
+//! attention (prefill chunk and decode step), an MoE block, a vision block's attention over one image, and the demo
+//! model's whole vision tower (2 ViT blocks + merger at hidden 64).
 //! `cargo bench --bench cpu_kernels`. The CPU backend is the correctness reference, not the product's fast path.
 use std::{hint::black_box, path::PathBuf};
 
@@ -9,7 +10,8 @@ use glmv_runtime::{
         AttentionShape, Backend, CpuBackend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope,
         Routing, SeqSpan,
     },
-    config::RopeLayout,
+    config::{ModelConfig, RopeLayout},
+    model::{Grid, VisionTower},
     weights::WeightStore,
 };
 
@@ -147,5 +149,28 @@ fn moe(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, gemm, attention, moe);
+/// ViT blocks at small shapes: the demo checkpoint's vision tower (2 blocks, hidden 64, 2 heads; patch embedding,
+/// 2D rotary, blocks, downsample and merger) over one 224x224 image (16x16 patches).
+fn vision_tower(c: &mut Criterion) {
+    let b = CpuBackend;
+    let dir = std::env::temp_dir().join(format!("glmv-bench-demo-{}", std::process::id()));
+    glmv_runtime::demo::write_demo_checkpoint(&dir).unwrap();
+    let config = ModelConfig::from_dir(&dir).unwrap();
+    let store = WeightStore::open(&dir, &mut |_| {}).unwrap();
+    let tower = VisionTower::load(&b, &config.vision, &store).unwrap();
+    let grid = Grid { t: 1, h: 16, w: 16 };
+    let pixels = Rng::new(5).vec(grid.patches() * tower.patch_width(), 1.0);
+    c.bench_function("vision tower (demo: 2 ViT blocks, hidden 64, + merger), 256 patches", |bn| {
+        bn.iter(|| tower.forward(&b, black_box(&pixels), &[grid]).unwrap())
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// The reference kernels take up to a second per call at these shapes: criterion's smallest sample keeps a run of
+// scripts/bench/cpu.sh to minutes.
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10);
+    targets = gemm, attention, moe, vision_tower
+}
 criterion_main!(benches);
