@@ -1,9 +1,7 @@
-//! Build script of the `glmv` binary.
-//!
-//! Its job (DESIGN.md) is to ask `codegen` for shape-specialised kernel sources, compile them per GPU arch when
-//! nvcc / clang are present, and embed the code objects. No GPU backend exists yet, so for now it only records
-//! which backends this binary carries, so that `glmv --version` says so instead of guessing.
+//! Build script of the `glmv` binary: records which backends this binary carries, so that `glmv --version` says so
+//! instead of guessing. The GPU kernels themselves are generated (glmv-codegen) and compiled by runtime/build.rs.
 fn main() {
-    println!("cargo:rustc-env=GLMV_BACKENDS=cpu");
+    let backends = if std::env::var_os("CARGO_FEATURE_CUDA").is_some() { "cpu, cuda" } else { "cpu" };
+    println!("cargo:rustc-env=GLMV_BACKENDS={backends}");
     println!("cargo:rerun-if-changed=build.rs");
 }

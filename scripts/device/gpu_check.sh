@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# What a session with a GPU machine checks for the CUDA backend (issue 8), after scripts/device/prepare.sh built
+# .device-bin/ here. Two device calls of under ten minutes each (carry [".device-bin"], timeout_s 590):
+#   bash scripts/device/gpu_check.sh parity     # steps 1 and 2, ~5 min at most
+#   bash scripts/device/gpu_check.sh serve      # step 3, ~8 min at most
+# 1. parity of every operation and of whole fixture models against the CPU backend (tests/cuda_ops.rs,
+#    tests/cuda_model.rs; real GLM-4.5V / GLM-4.1V / vision shapes and odd ones);
+# 2. per-operation timings of one GLM-4.5V-FP8 decode step (benches/cuda_decode_step.rs);
+# 3. `glmv serve --load-format dummy` at GLM-4.5V-FP8's real shapes (checkpoint directory from `glmv config
+#    --write-dummy-checkpoint`) answering `glmv bench` 1K/1K at concurrency 1 and 16.
+# Every step's output goes to $OUT (at most 8 files come back); a failing step does not stop the next ones.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-/tmp/gpu-check}"
+mkdir -p "$OUT"
+BIN=.device-bin
+export GLMV_FIXTURES="$PWD/tests/fixtures" RUST_BACKTRACE=1
+SECONDS=0
+
+WHAT="${1:-parity}"
+
+step() {   # step FILE TIMEOUT COMMAND...: appends COMMAND's output to $OUT/FILE.txt and prints its tail
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name: $* (at ${SECONDS}s)" | tee -a "$OUT/$name.txt"
+  timeout "$limit" "$@" >> "$OUT/$name.txt" 2>&1
+  echo "rc=$?" >> "$OUT/$name.txt"
+  tail -n 15 "$OUT/$name.txt"
+}
+
+{ "$BIN/glmv" --version; nvidia-smi; } > "$OUT/nvidia-smi.txt" 2>&1
+head -n 12 "$OUT/nvidia-smi.txt"
+if [ "$WHAT" = parity ]; then
+  step cuda_ops 150 "$BIN/cuda_ops" --test-threads 1 --nocapture
+  step cuda_model 100 "$BIN/cuda_model" --test-threads 1 --nocapture
+  step decode_step 45 "$BIN/cuda_decode_step" --bench
+  echo "done in ${SECONDS}s"
+  exit 0
+fi
+
+MODEL=/tmp/glm-4.5v-fp8-dummy
+step config 30 "$BIN/glmv" config --model glm-4.5v --hardware h200 --quantization fp8 --write-dummy-checkpoint "$MODEL"
+"$BIN/glmv" serve --model-path "$MODEL" --load-format dummy --device cuda --port 30000 --context-length 8192 \
+  --max-running-requests 16 > "$OUT/serve.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 200); do
+  grep -q "listening on" "$OUT/serve.log" && break
+  kill -0 $SERVER 2> /dev/null || break
+  sleep 1
+done
+echo "== serve (at ${SECONDS}s)"
+tail -n 15 "$OUT/serve.log"
+if grep -q "listening on" "$OUT/serve.log"; then
+  # 1000 output tokens at ~26 ms per step (the decode-step estimate) is ~30 s per request: 2 requests at
+  # concurrency 1, one wave of 16 at concurrency 16.
+  for run in "1 2" "16 16"; do
+    set -- $run
+    step bench 130 "$BIN/glmv" bench --port 30000 --random-input-len 1000 --random-output-len 1000 \
+      --random-range-ratio 1 --num-prompts "$2" --max-concurrency "$1" --seed 1 --disable-tqdm \
+      --output-file "$OUT/bench.jsonl"
+  done
+fi
+kill $SERVER 2> /dev/null
+echo "done in ${SECONDS}s"
