@@ -198,3 +198,25 @@ fn images_through_the_completions_and_error_paths() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("warm-up request failed"));
 }
+
+#[test]
+fn unusable_flags_are_refused_before_anything_is_sent() {
+    // Port 9 (discard): nothing listens there, so an error about the flag proves no request was attempted first.
+    for (flag, value, message) in [
+        ("--request-rate", "0", "--request-rate must be positive"),
+        ("--max-concurrency", "0", "--max-concurrency must be at least 1"),
+        ("--random-range-ratio", "1.5", "--random-range-ratio must be in [0, 1]"),
+        ("--num-prompts", "0", "--num-prompts must be at least 1"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_glmv"))
+            .args(["bench", "--port", "9", flag, value])
+            .output()
+            .expect("run glmv bench");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(message), "{flag} {value}: {stderr}");
+    }
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_glmv")).args(["bench", "--base-url", "https://example.com"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("plain http://"));
+}

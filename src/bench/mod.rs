@@ -141,7 +141,25 @@ pub struct BenchArgs {
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
 
+/// Flag values no run can use, refused before anything is sent.
+fn check_args(args: &BenchArgs) -> BenchResult<()> {
+    if args.num_prompts == 0 {
+        return Err("--num-prompts must be at least 1".into());
+    }
+    if args.request_rate.is_nan() || args.request_rate <= 0.0 {
+        return Err("--request-rate must be positive (or inf)".into());
+    }
+    if !(0.0..=1.0).contains(&args.random_range_ratio) {
+        return Err("--random-range-ratio must be in [0, 1]".into());
+    }
+    if args.max_concurrency == Some(0) {
+        return Err("--max-concurrency must be at least 1".into());
+    }
+    Ok(())
+}
+
 pub fn run(args: &BenchArgs) -> BenchResult<()> {
+    check_args(args)?;
     let base = args.base_url.clone().unwrap_or_else(|| format!("http://{}:{}", args.host, args.port));
     let origin = http::Origin::parse(&base)?;
     let timeout = args.request_timeout.map(Duration::from_secs_f64);
@@ -245,12 +263,6 @@ fn load_tokenizer(origin: &http::Origin, path: Option<&std::path::Path>) -> Benc
 }
 
 fn build_dataset(args: &BenchArgs, tokenizer: &Tokenizer) -> BenchResult<Vec<BenchRequest>> {
-    if args.num_prompts == 0 {
-        return Err("--num-prompts must be at least 1".into());
-    }
-    if !(0.0..=1.0).contains(&args.random_range_ratio) {
-        return Err("--random-range-ratio must be in [0, 1]".into());
-    }
     let lengths = RandomLengths {
         input_len: args.random_input_len,
         output_len: args.random_output_len,
@@ -305,11 +317,12 @@ struct Schedule {
 
 impl Schedule {
     /// Seconds to wait before each request: exponential gaps with mean 1/rate, none for an infinite rate.
+    /// The first request goes at once and each later one after its gap, as bench_serving sleeps after each send.
     fn gaps(&self, n: usize) -> Vec<f64> {
         let mut rng = Rng::new(self.seed ^ 0x5eed_a221_7a15);
         (0..n)
-            .map(|_| {
-                if self.request_rate.is_finite() && self.request_rate > 0.0 {
+            .map(|i| {
+                if i > 0 && self.request_rate.is_finite() {
                     -(1.0 - rng.next_f32() as f64).ln() / self.request_rate
                 } else {
                     0.0
@@ -408,8 +421,9 @@ mod tests {
     #[test]
     fn poisson_gaps_have_the_asked_mean() {
         let s = Schedule { request_rate: 4.0, max_concurrency: None, seed: 3 };
-        let gaps = s.gaps(20_000);
-        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        let gaps = s.gaps(20_001);
+        assert_eq!(gaps[0], 0.0);
+        let mean = gaps[1..].iter().sum::<f64>() / (gaps.len() - 1) as f64;
         assert!((mean - 0.25).abs() < 0.01, "{mean}");
         assert!(gaps.iter().all(|g| *g >= 0.0));
         let inf = Schedule { request_rate: f64::INFINITY, max_concurrency: None, seed: 3 };
