@@ -35,8 +35,8 @@ pub struct ConfigArgs {
     #[arg(long, default_value_t = plan::MEM_FRACTION_STATIC)]
     mem_fraction_static: f64,
     /// KV cache storage, as `glmv serve --kv-cache-dtype`.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "fp8_e4m3", "fp8"])]
-    kv_cache_dtype: String,
+    #[arg(long, value_enum, default_value_t = crate::KvCacheDtype::Auto)]
+    kv_cache_dtype: crate::KvCacheDtype,
     /// Prefill chunk the activation estimate is for, as `glmv serve --chunked-prefill-size`.
     #[arg(long, default_value_t = plan::CHUNKED_PREFILL_SIZE)]
     chunked_prefill_size: usize,
@@ -92,7 +92,7 @@ pub fn run(args: &ConfigArgs) -> CliResult {
         gpus: args.gpus,
         gpu_bytes,
         mem_fraction_static: args.mem_fraction_static,
-        kv_dtype: if args.kv_cache_dtype.starts_with("fp8") { KvDtype::Fp8E4m3 } else { KvDtype::Bf16 },
+        kv_dtype: args.kv_cache_dtype.kv_dtype(),
         context_length: args.context_length,
         chunked_prefill_size: args.chunked_prefill_size,
     };

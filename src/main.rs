@@ -40,6 +40,25 @@ enum Command {
     Config(Box<config_cmd::ConfigArgs>),
 }
 
+/// `--kv-cache-dtype` as SGLang spells it (`glmv serve`, and `glmv config` which plans for it).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum KvCacheDtype {
+    /// BF16.
+    Auto,
+    Bf16,
+    #[value(name = "fp8_e4m3", alias = "fp8")]
+    Fp8E4m3,
+}
+
+impl KvCacheDtype {
+    pub(crate) fn kv_dtype(self) -> glmv_runtime::backend::KvDtype {
+        match self {
+            KvCacheDtype::Auto | KvCacheDtype::Bf16 => glmv_runtime::backend::KvDtype::Bf16,
+            KvCacheDtype::Fp8E4m3 => glmv_runtime::backend::KvDtype::Fp8E4m3,
+        }
+    }
+}
+
 #[derive(Args)]
 struct ModelArgs {
     /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).

@@ -8,7 +8,6 @@ use std::{
 use clap::Args;
 use glmv_runtime::{
     backend::Backend,
-    backend::KvDtype,
     config::plan,
     demo,
     pipeline::{LoadFormat, Pipeline},
@@ -57,8 +56,8 @@ pub struct ServeArgs {
     #[arg(long)]
     max_total_tokens: Option<usize>,
     /// KV cache storage: auto (bf16), bf16, fp8_e4m3.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "bf16", "fp8_e4m3", "fp8"])]
-    kv_cache_dtype: String,
+    #[arg(long, value_enum, default_value_t = crate::KvCacheDtype::Auto)]
+    kv_cache_dtype: crate::KvCacheDtype,
     /// Worker threads that fetch and preprocess media and build prompts.
     #[arg(long, default_value_t = 32)]
     mm_max_concurrent_calls: usize,
@@ -222,10 +221,7 @@ where
         _ => LoadFormat::Safetensors,
     };
     let mut pipeline: Pipeline<B> = load_with(&req.model_dir, format, backend)?;
-    let kv_dtype = match args.kv_cache_dtype.as_str() {
-        "fp8_e4m3" | "fp8" => KvDtype::Fp8E4m3,
-        _ => KvDtype::Bf16,
-    };
+    let kv_dtype = args.kv_cache_dtype.kv_dtype();
     pipeline.kv_dtype = kv_dtype;
     let block_size = plan::KV_BLOCK_SIZE;
     // SGLang's meaning: weights and KV cache together take this fraction of the device's memory. What is in use

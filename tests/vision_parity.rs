@@ -23,13 +23,6 @@ use glmv_runtime::{
 };
 use serde_json::{json, Value};
 
-/// Preprocessing bar of the issue; PIL-exact resampling is expected to land far below it.
-const MAX_PIXEL_MEAN_ABS: f64 = 1e-2;
-/// Logits from transformers' own pixel values (the model alone) and end to end from the image files, whatever their
-/// format: every decoder is bit-exact with PIL's (JPEG through libjpeg-turbo itself).
-const MAX_REL_L2_PIXELS: f64 = 1e-3;
-const MAX_REL_L2_FILES: f64 = 1e-2;
-
 fn vision_dir() -> PathBuf {
     fixtures_root().join("vision")
 }

@@ -158,6 +158,20 @@ mod tests {
     }
 
     #[test]
+    fn for_shape_names_only_kernels_that_are_built() {
+        // The backend loads the generic kernels and attention_kernels(); whatever for_shape returns must be one.
+        let built = attention_kernels();
+        for kv in KvDtype::ALL {
+            for (heads, kv_heads) in (1..=128).flat_map(|h| [1, 2, 3, 8, 12, 16].map(|k| (h, k))) {
+                for d in [32, 48, 64, 128, 256] {
+                    let k = AttentionKernel::for_shape(kv, heads, kv_heads, d);
+                    assert!(k.head_dim.is_none() && k.group.is_none() || built.contains(&k), "{k:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_cuda_source_instantiates_every_kernel_once() {
         let sources = emit_cuda();
         assert_eq!(sources.len(), 1);

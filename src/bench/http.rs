@@ -22,8 +22,9 @@ impl Origin {
             format!("{url}: glmv bench speaks plain http:// (run it next to the server, or through a plain-HTTP port)")
         })?;
         let authority = rest.split('/').next().unwrap_or_default();
+        // A bracketed IPv6 address without a port ends in ']'; its colons are not a port separator.
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            Some((h, p)) if !authority.ends_with(']') => {
                 (h, p.parse::<u16>().map_err(|_| format!("{url}: bad port {p:?}"))?)
             }
             _ => (authority, 80),
@@ -174,6 +175,7 @@ mod tests {
         assert_eq!(Origin::parse("http://127.0.0.1:30000"), Ok(Origin { host: "127.0.0.1".into(), port: 30000 }));
         assert_eq!(Origin::parse("http://example.com/v1"), Ok(Origin { host: "example.com".into(), port: 80 }));
         assert_eq!(Origin::parse("http://[::1]:8080/"), Ok(Origin { host: "::1".into(), port: 8080 }));
+        assert_eq!(Origin::parse("http://[::1]/v1"), Ok(Origin { host: "::1".into(), port: 80 }));
         assert!(Origin::parse("https://example.com").unwrap_err().contains("plain http://"));
         assert!(Origin::parse("http://h:x").is_err());
     }

@@ -83,11 +83,15 @@ impl Distribution {
     }
 
     fn to_json(self, name: &str) -> Vec<(String, Value)> {
-        [("mean", self.mean_ms), ("median", self.median_ms), ("std", self.std_ms), ("p95", self.p95_ms)]
-            .into_iter()
-            .chain([("p99", self.p99_ms), ("max", self.max_ms)])
-            .map(|(stat, v)| (format!("{stat}_{name}_ms"), json!(v)))
-            .collect()
+        let stats = [
+            ("mean", self.mean_ms),
+            ("median", self.median_ms),
+            ("std", self.std_ms),
+            ("p95", self.p95_ms),
+            ("p99", self.p99_ms),
+            ("max", self.max_ms),
+        ];
+        stats.into_iter().map(|(stat, v)| (format!("{stat}_{name}_ms"), json!(v))).collect()
     }
 }
 
@@ -160,8 +164,7 @@ impl BenchMetrics {
 
     /// Every aggregate as a flat JSON object, with bench_serving's key names.
     pub fn to_json(&self) -> serde_json::Map<String, Value> {
-        let mut m = serde_json::Map::new();
-        let fields: [(&str, Value); 15] = [
+        let fields = [
             ("completed", json!(self.completed)),
             ("failed", json!(self.failed)),
             ("duration", json!(self.duration_s)),
@@ -177,9 +180,9 @@ impl BenchMetrics {
             ("total_throughput", json!(self.total_throughput)),
             ("max_output_tokens_per_s", json!(self.peak_output_throughput)),
             ("max_concurrent_requests", json!(self.peak_concurrent_requests)),
+            ("concurrency", json!(self.concurrency)),
         ];
-        m.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
-        m.insert("concurrency".into(), json!(self.concurrency));
+        let mut m: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         for (name, d) in [("e2e_latency", self.e2e), ("ttft", self.ttft), ("tpot", self.tpot), ("itl", self.itl)] {
             m.extend(d.to_json(name));
         }

@@ -6,6 +6,13 @@ use std::path::{Path, PathBuf};
 use glmv_runtime::weights::{HostTensor, WeightStore};
 use serde_json::Value;
 
+/// Preprocessing bar of the vision issue (normalised units); PIL/torchvision-exact resampling lands far below it.
+pub const MAX_PIXEL_MEAN_ABS: f64 = 1e-2;
+/// Logits from transformers' own pixel values (the model alone) and end to end from the image or video files,
+/// whatever their format: every decoder is bit-exact with PIL's / PyAV's.
+pub const MAX_REL_L2_PIXELS: f64 = 1e-3;
+pub const MAX_REL_L2_FILES: f64 = 1e-2;
+
 /// `tests/fixtures` of this checkout, or `$GLMV_FIXTURES` (test binaries carried to a GPU machine).
 pub fn fixtures_root() -> PathBuf {
     match std::env::var_os("GLMV_FIXTURES") {

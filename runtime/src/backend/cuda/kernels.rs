@@ -40,10 +40,9 @@ pub struct Kernels {
     pub scatter_rows: CudaFunction,
     pub merge_windows: CudaFunction,
     pub rope_qkv: CudaFunction,
-    /// Generic attention by KV element type: f32, bf16, fp8.
-    pub attention: [CudaFunction; 3],
-    /// Attention compiled for the head shapes of the models glmv serves (glmv-codegen's list).
-    pub attention_specialised: Vec<(AttentionKernel, CudaFunction)>,
+    /// Every attention kernel by what glmv-codegen calls it: the generic ones (kernels-cuda/attention.cu) and those
+    /// compiled for the head shapes of the models glmv serves.
+    pub attention: Vec<(AttentionKernel, CudaFunction)>,
     pub moe_route: CudaFunction,
     pub moe_gate_up: [CudaFunction; 4],
     pub moe_down: [CudaFunction; 4],
@@ -85,14 +84,11 @@ impl Kernels {
             scatter_rows: f("elementwise", "scatter_rows")?,
             merge_windows: f("elementwise", "merge_windows")?,
             rope_qkv: f("attention", "rope_qkv")?,
-            attention: [
-                f("attention", "attention_f32")?,
-                f("attention", "attention_bf16")?,
-                f("attention", "attention_fp8")?,
-            ],
-            attention_specialised: glmv_codegen::attention_kernels()
+            attention: KvDtype::ALL
+                .map(|kv| (AttentionKernel { kv, head_dim: None, group: None }, "attention"))
                 .into_iter()
-                .map(|k| Ok((k, f("attention_specialised", &k.symbol())?)))
+                .chain(glmv_codegen::attention_kernels().into_iter().map(|k| (k, "attention_specialised")))
+                .map(|(k, module)| Ok((k, f(module, &k.symbol())?)))
                 .collect::<Result<_>>()?,
             moe_route: f("moe", "moe_route")?,
             moe_gate_up: per_dtype("moe", "moe_gate_up")?,
@@ -105,11 +101,11 @@ impl Kernels {
     /// The attention kernel for these shapes: the specialised one when it was built, else the generic one.
     pub fn attention_for(&self, kv: KvDtype, heads: usize, kv_heads: usize, head_dim: usize) -> &CudaFunction {
         let want = AttentionKernel::for_shape(kv, heads as u32, kv_heads as u32, head_dim as u32);
-        let generic = match kv {
-            KvDtype::F32 => &self.attention[0],
-            KvDtype::Bf16 => &self.attention[1],
-            KvDtype::Fp8 => &self.attention[2],
-        };
-        self.attention_specialised.iter().find(|(k, _)| *k == want).map_or(generic, |(_, f)| f)
+        let (_, kernel) = self
+            .attention
+            .iter()
+            .find(|(have, _)| *have == want)
+            .expect("load() loads the generic kernels and every specialised one, which is all for_shape can name");
+        kernel
     }
 }
