@@ -43,6 +43,9 @@ __device__ __forceinline__ float weight_at(const void* w, WeightScale s, int n, 
   return v;
 }
 
+// SwiGLU of one gate and up value: silu(g) * u.
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -53,8 +53,7 @@ extern "C" __global__ void swiglu(const float* gu, int rows, int inter, float* h
   size_t n = (size_t)rows * inter;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
     size_t m = i / inter, c = i % inter;
-    float g = gu[m * 2 * inter + c], u = gu[m * 2 * inter + inter + c];
-    h[i] = g / (1.0f + expf(-g)) * u;
+    h[i] = silu_mul(gu[m * 2 * inter + c], gu[m * 2 * inter + inter + c]);
   }
 }
 

@@ -1,11 +1,13 @@
-// MoE routing: sigmoid scores, correction bias for the choice, group-limited top-k, weights from the unbiased
-// scores. One thread per token (n_experts is at most a few hundred).
-#include "common.cuh"
+// The MoE block on the device: routing (sigmoid scores, correction bias for the choice, group-limited top-k,
+// weights from the unbiased scores), then the chosen experts, either as warp-per-row GEMVs for few (token, expert)
+// pairs (decode) or as grouped tensor-core GEMMs over the pairs sorted by expert (prefill).
+#include "mma.cuh"
 
 // Limits checked by the host before launch (runtime/src/backend/cuda).
 #define MAX_EXPERTS 512
 #define MAX_GROUPS 64
 
+// One thread per token (n_experts is at most a few hundred).
 extern "C" __global__ void moe_route(const float* logits, const float* correction_bias, int tokens, int experts,
                                      int top_k, int n_group, int topk_group, int norm_topk_prob, float scaling,
                                      uint32_t* topk_ids, float* topk_weights) {
@@ -119,3 +121,186 @@ MOE_FUSED(f32, DT_F32)
 MOE_FUSED(bf16, DT_BF16)
 MOE_FUSED(f16, DT_F16)
 MOE_FUSED(fp8, DT_FP8)
+
+// ---- Grouped expert GEMMs for many pairs ----
+// moe_align sorts the pairs by expert; each expert's rows then form consecutive 64-row tiles, and one launch of
+// moe_gate_up_tc / moe_down_tc covers every tile of every expert (blockIdx.y = tile, found by binary search in
+// tile_offsets). The order of pairs within an expert depends on scheduling, but every output row depends only on
+// its own input row, and moe_combine sums each token's pairs in slot order, so the result does not.
+
+// perm[offsets[e] .. offsets[e + 1]) = the pairs routed to expert e; expert e's tiles are
+// tile_offsets[e] .. tile_offsets[e + 1). One block (the scan is serial over at most MAX_EXPERTS experts).
+extern "C" __global__ void moe_align(const uint32_t* ids, int pairs, int experts, uint32_t* perm, uint32_t* offsets,
+                                     uint32_t* tile_offsets) {
+  __shared__ uint32_t count[MAX_EXPERTS], cursor[MAX_EXPERTS];
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) count[e] = 0;
+  __syncthreads();
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) atomicAdd(&count[ids[p]], 1u);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    uint32_t rows = 0, tiles = 0;
+    for (int e = 0; e < experts; ++e) {
+      offsets[e] = rows;
+      tile_offsets[e] = tiles;
+      cursor[e] = rows;
+      rows += count[e];
+      tiles += (count[e] + TC_BM - 1) / TC_BM;
+    }
+    offsets[experts] = rows;
+    tile_offsets[experts] = tiles;
+  }
+  __syncthreads();
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) perm[atomicAdd(&cursor[ids[p]], 1u)] = p;
+}
+
+// This block's tile of the sorted pairs: its expert, first sorted row and row count; false past the last tile.
+struct ExpertTile {
+  int expert, row0, rows;
+};
+
+__device__ __forceinline__ bool expert_tile(const uint32_t* offsets, const uint32_t* tile_offsets, int experts,
+                                            ExpertTile& t) {
+  int tile = blockIdx.y;
+  if (tile >= (int)tile_offsets[experts]) return false;
+  // The last expert whose first tile is at or before this one (experts without rows share the next one's offset).
+  int lo = 0, hi = experts;
+  while (hi - lo > 1) {
+    int mid = (lo + hi) / 2;
+    if ((int)tile_offsets[mid] <= tile) lo = mid;
+    else hi = mid;
+  }
+  t.expert = lo;
+  t.row0 = offsets[lo] + (tile - tile_offsets[lo]) * TC_BM;
+  t.rows = min(TC_BM, (int)offsets[lo + 1] - t.row0);
+  return true;
+}
+
+__device__ __forceinline__ WeightScale expert_scale(ExpertTable t, int e) {
+  return WeightScale{reinterpret_cast<const float*>(t.scale[e]), t.block_rows, t.block_cols, t.col_blocks};
+}
+
+// h[row, i] = silu(gate_e(x_t)[i]) * up_e(x_t)[i] for the sorted rows of one tile (row = sorted position, t = the
+// pair's token). A tile's 64 columns are 32 gate rows and the same 32 up rows, so SwiGLU is applied in the epilogue.
+template <int DT>
+__device__ void moe_gate_up_tc(const float* x, const uint32_t* perm, const uint32_t* offsets,
+                               const uint32_t* tile_offsets, int experts, int top_k, int hidden, int inter,
+                               ExpertTable gate, ExpertTable up, float* h) {
+  constexpr bool SPLIT_W = DT == DT_F32 || DT == DT_F16;
+  constexpr int HALF = TC_BN / 2;
+  __shared__ int token_of[TC_BM];
+  __shared__ float out[TC_BM][TC_BN + 1];
+  ExpertTile tile;
+  if (!expert_tile(offsets, tile_offsets, experts, tile)) return;
+  for (int r = threadIdx.x; r < TC_BM; r += TC_THREADS)
+    token_of[r] = r < tile.rows ? (int)(perm[tile.row0 + r] / top_k) : -1;
+  __syncthreads();
+  int n0 = blockIdx.x * HALF;
+  const void* wg = reinterpret_cast<const void*>(gate.weight[tile.expert]);
+  const void* wu = reinterpret_cast<const void*>(up.weight[tile.expert]);
+  WeightScale sg = expert_scale(gate, tile.expert), su = expert_scale(up, tile.expert);
+  TcScaling scaling = tc_scaling(sg);  // gate and up share one layout (checked by the host)
+  WeightScale stage_g = sg, stage_u = su;
+  if (scaling.late) stage_g.scale = stage_u.scale = nullptr;
+  float total[2][4][4] = {};
+  tc_tile<SPLIT_W>(
+      hidden,
+      [&](int r, int k) { return (token_of[r] >= 0 && k < hidden) ? x[(size_t)token_of[r] * hidden + k] : 0.0f; },
+      [&](int c, int k) {
+        int n = n0 + c % HALF;
+        if (n >= inter || k >= hidden) return 0.0f;
+        return c < HALF ? weight_at<DT>(wg, stage_g, n, k, hidden) : weight_at<DT>(wu, stage_u, n, k, hidden);
+      },
+      scaling,
+      [&](int c, int kb) {
+        int n = min(n0 + c % HALF, inter - 1);
+        return scale_at(c < HALF ? sg : su, n, kb);
+      },
+      total);
+  TcLane t;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) out[t.row(i, e >> 1)][t.col(j, e & 1)] = total[i][j][e];
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < TC_BM * HALF; idx += TC_THREADS) {
+    int r = idx / HALF, c = idx % HALF;
+    if (r < tile.rows && n0 + c < inter)
+      h[(size_t)(tile.row0 + r) * inter + n0 + c] = silu_mul(out[r][c], out[r][HALF + c]);
+  }
+}
+
+// y_pair[p, n] = down_e(h[row])[n] for the sorted rows of one tile, written at the row's pair p.
+template <int DT>
+__device__ void moe_down_tc(const float* h, const uint32_t* perm, const uint32_t* offsets,
+                            const uint32_t* tile_offsets, int experts, int hidden, int inter, ExpertTable down,
+                            float* y_pair) {
+  constexpr bool SPLIT_W = DT == DT_F32 || DT == DT_F16;
+  ExpertTile tile;
+  if (!expert_tile(offsets, tile_offsets, experts, tile)) return;
+  int n0 = blockIdx.x * TC_BN;
+  const void* w = reinterpret_cast<const void*>(down.weight[tile.expert]);
+  WeightScale s = expert_scale(down, tile.expert);
+  TcScaling scaling = tc_scaling(s);
+  WeightScale staged = s;
+  if (scaling.late) staged.scale = nullptr;
+  float total[2][4][4] = {};
+  tc_tile<SPLIT_W>(
+      inter,
+      [&](int r, int k) { return (r < tile.rows && k < inter) ? h[(size_t)(tile.row0 + r) * inter + k] : 0.0f; },
+      [&](int c, int k) {
+        int n = n0 + c;
+        return (n < hidden && k < inter) ? weight_at<DT>(w, staged, n, k, inter) : 0.0f;
+      },
+      scaling, [&](int c, int kb) { return scale_at(s, min(n0 + c, hidden - 1), kb); }, total);
+  TcLane t;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      int r = t.row(i, hh);
+      if (r >= tile.rows) continue;
+      size_t p = perm[tile.row0 + r];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          int n = n0 + t.col(j, c);
+          if (n < hidden) y_pair[p * hidden + n] = total[i][j][hh * 2 + c];
+        }
+    }
+}
+
+// y[t, n] += sum over the token's slots, in slot order, of weights[p] * y_pair[p, n] (p = t * top_k + slot).
+extern "C" __global__ void moe_combine(const float* y_pair, const float* weights, int tokens, int top_k, int hidden,
+                                       float* y) {
+  size_t n = (size_t)tokens * hidden;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    size_t t = i / hidden, c = i % hidden;
+    float sum = 0.0f;
+    for (int slot = 0; slot < top_k; ++slot) {
+      size_t p = t * top_k + slot;
+      sum += weights[p] * y_pair[p * hidden + c];
+    }
+    y[i] += sum;
+  }
+}
+
+#define MOE_GROUPED(SUFFIX, DT)                                                                                  \
+  extern "C" __global__ void __launch_bounds__(TC_THREADS)                                                      \
+      moe_gate_up_tc_##SUFFIX(const float* x, const uint32_t* perm, const uint32_t* offsets,                    \
+                              const uint32_t* tile_offsets, int experts, int top_k, int hidden, int inter,      \
+                              ExpertTable gate, ExpertTable up, float* h) {                                     \
+    moe_gate_up_tc<DT>(x, perm, offsets, tile_offsets, experts, top_k, hidden, inter, gate, up, h);             \
+  }                                                                                                             \
+  extern "C" __global__ void __launch_bounds__(TC_THREADS)                                                      \
+      moe_down_tc_##SUFFIX(const float* h, const uint32_t* perm, const uint32_t* offsets,                       \
+                           const uint32_t* tile_offsets, int experts, int hidden, int inter, ExpertTable down,  \
+                           float* y_pair) {                                                                     \
+    moe_down_tc<DT>(h, perm, offsets, tile_offsets, experts, hidden, inter, down, y_pair);                      \
+  }
+MOE_GROUPED(f32, DT_F32)
+MOE_GROUPED(bf16, DT_BF16)
+MOE_GROUPED(f16, DT_F16)
+MOE_GROUPED(fp8, DT_FP8)

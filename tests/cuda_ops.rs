@@ -249,6 +249,23 @@ fn segment_attention_matches_cpu() {
     close("vision segment attention 12 heads d128", &gpu_out, &cpu_out, TOL);
 }
 
+/// How the expert weights of a MoE case are stored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ExpertWeights {
+    Bf16,
+    /// FP8 with one scale per output channel (compressed-tensors).
+    Fp8Channel,
+    /// FP8 with one scale per 128 x 128 block (`weight_scale_inv`).
+    Fp8Block,
+}
+
+impl ExpertWeights {
+    fn block(self) -> Option<[usize; 2]> {
+        (self == ExpertWeights::Fp8Block).then_some([128, 128])
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn moe_out<B: Backend>(
     b: &B,
     store: &WeightStore,
@@ -256,14 +273,13 @@ fn moe_out<B: Backend>(
     hidden: usize,
     inter: usize,
     routing: Routing,
+    kind: ExpertWeights,
     x: &[f32],
 ) -> Vec<f32> {
+    let linear = |name: String, o: usize, i: usize| store.linear(&name, o, i, false, kind.block()).unwrap();
     let mlp = |p: &str, i: usize| MlpSource {
-        gate_up: vec![
-            store.linear(&format!("{p}.gate_proj"), i, hidden, false, None).unwrap(),
-            store.linear(&format!("{p}.up_proj"), i, hidden, false, None).unwrap(),
-        ],
-        down: store.linear(&format!("{p}.down_proj"), hidden, i, false, None).unwrap(),
+        gate_up: vec![linear(format!("{p}.gate_proj"), i, hidden), linear(format!("{p}.up_proj"), i, hidden)],
+        down: linear(format!("{p}.down_proj"), hidden, i),
     };
     let src = ExpertsSource {
         router: store.get("gate.weight").unwrap(),
@@ -280,9 +296,16 @@ fn moe_out<B: Backend>(
 #[test]
 fn moe_matches_cpu() {
     let Some(gpu) = device() else { return };
-    // (experts, top_k, n_group, topk_group, hidden, inter, fp8)
-    let cases = [(64, 6, 8, 3, 512, 256, false), (128, 8, 1, 1, 1024, 352, true), (16, 4, 2, 1, 160, 96, true)];
-    for (experts, top_k, n_group, topk_group, hidden, inter, fp8) in cases {
+    // (experts, top_k, n_group, topk_group, hidden, inter, weights). Up to 512 (token, expert) pairs run the
+    // warp-per-row kernels, more the grouped tensor-core GEMMs: 90 and 300 tokens cover both, and at 300 tokens
+    // over 16 experts each expert's rows span several 64-row tiles.
+    let cases = [
+        (64, 6, 8, 3, 512, 256, ExpertWeights::Bf16),
+        (128, 8, 1, 1, 1024, 352, ExpertWeights::Fp8Channel),
+        (16, 4, 2, 1, 160, 96, ExpertWeights::Fp8Channel),
+        (32, 8, 4, 2, 384, 208, ExpertWeights::Fp8Block),
+    ];
+    for (experts, top_k, n_group, topk_group, hidden, inter, kind) in cases {
         let mut rng = Rng::new(experts as u64 * 7 + hidden as u64);
         let mut tensors = vec![
             tensor("gate.weight", &[experts, hidden], Data::Bf16(rng.vec(experts * hidden, 0.1))),
@@ -294,22 +317,31 @@ fn moe_matches_cpu() {
             for (proj, o, i) in [("gate_proj", inter, hidden), ("up_proj", inter, hidden), ("down_proj", hidden, inter)]
             {
                 let name = format!("{p}.{proj}");
-                if fp8 {
-                    tensors.push(tensor(&format!("{name}.weight"), &[o, i], Data::Fp8(fp8_bytes(&mut rng, o * i))));
-                    tensors.push(tensor(&format!("{name}.weight_scale"), &[o, 1], Data::F32(rng.vec(o, 0.01))));
-                } else {
-                    tensors.push(tensor(&format!("{name}.weight"), &[o, i], Data::Bf16(rng.vec(o * i, 0.05))));
+                match kind {
+                    ExpertWeights::Bf16 => {
+                        tensors.push(tensor(&format!("{name}.weight"), &[o, i], Data::Bf16(rng.vec(o * i, 0.05))))
+                    }
+                    ExpertWeights::Fp8Channel => {
+                        tensors.push(tensor(&format!("{name}.weight"), &[o, i], Data::Fp8(fp8_bytes(&mut rng, o * i))));
+                        tensors.push(tensor(&format!("{name}.weight_scale"), &[o, 1], Data::F32(rng.vec(o, 0.01))));
+                    }
+                    ExpertWeights::Fp8Block => {
+                        let blocks = [o.div_ceil(128), i.div_ceil(128)];
+                        tensors.push(tensor(&format!("{name}.weight"), &[o, i], Data::Fp8(fp8_bytes(&mut rng, o * i))));
+                        let scales = Data::F32(rng.vec(blocks[0] * blocks[1], 0.01));
+                        tensors.push(tensor(&format!("{name}.weight_scale_inv"), &blocks, scales));
+                    }
                 }
             }
         }
         let store = write(&scratch(&format!("moe{experts}")), &tensors);
         let routing = Routing { top_k, n_group, topk_group, norm_topk_prob: n_group > 1, routed_scaling_factor: 2.5 };
-        for tokens in [1, 7, 90] {
+        for tokens in [1, 7, 90, 300] {
             let x = rng.vec(tokens * hidden, 1.0);
             close(
-                &format!("moe {experts} experts top-{top_k} groups {n_group}/{topk_group} fp8={fp8}, {tokens} tokens"),
-                &moe_out(&gpu, &store, experts, hidden, inter, routing, &x),
-                &moe_out(&CpuBackend, &store, experts, hidden, inter, routing, &x),
+                &format!("moe {experts} experts top-{top_k} groups {n_group}/{topk_group} {kind:?}, {tokens} tokens"),
+                &moe_out(&gpu, &store, experts, hidden, inter, routing, kind, &x),
+                &moe_out(&CpuBackend, &store, experts, hidden, inter, routing, kind, &x),
                 TOL,
             );
         }

@@ -1,6 +1,6 @@
 //! The kernels embedded in a `--features cuda` build use tensor cores where the issue asks for them: the sm_90a code
-//! object of every GEMM used for more than a few rows (prefill, vision, MoE experts over their gathered rows) holds
-//! HMMA instructions. Reads the fatbins this binary embeds with `cuobjdump` from the PyPI CUDA toolchain
+//! object of every GEMM used for more than a few rows (prefill, vision, and the grouped expert GEMMs of MoE layers)
+//! holds HMMA instructions. Reads the fatbins this binary embeds with `cuobjdump` from the PyPI CUDA toolchain
 //! (scripts/install-cuda-toolchain.sh, which scripts/test.sh runs); no GPU is needed.
 #![cfg(feature = "cuda")]
 
@@ -45,18 +45,33 @@ fn sass_functions(image: &[u8], arch: &str) -> Vec<(String, String)> {
     functions
 }
 
+/// The tensor-core instructions (HMMA, or Hopper's warpgroup HGMMA/QGMMA) of each named function of `image`'s sm_90a
+/// code object, asserting there is at least one in each.
+fn assert_tensor_cores(image: &str, names: &[String]) {
+    let (_, bytes) = KERNEL_IMAGES.iter().find(|(n, _)| *n == image).unwrap_or_else(|| panic!("{image} not embedded"));
+    let functions = sass_functions(bytes, "sm_90a");
+    assert!(!functions.is_empty(), "no sm_90a code object in the {image} image");
+    for name in names {
+        let (_, sass) = functions.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} missing"));
+        let mma = sass.lines().filter(|l| ["HMMA", "HGMMA", "QGMMA"].iter().any(|op| l.contains(op))).count();
+        eprintln!("{image}.{name}: {mma} tensor-core instructions");
+        assert!(mma > 0, "{name} has no tensor-core instruction");
+    }
+}
+
+const DTYPES: [&str; 4] = ["bf16", "fp8", "f16", "f32"];
+
 #[test]
 fn prefill_gemms_use_tensor_cores_on_sm90a() {
-    let (_, gemm) = KERNEL_IMAGES.iter().find(|(name, _)| *name == "gemm").expect("the gemm kernel image is embedded");
-    let functions = sass_functions(gemm, "sm_90a");
-    assert!(!functions.is_empty(), "no sm_90a code object in the gemm image");
-    for dtype in ["bf16", "fp8", "f16", "f32"] {
-        let name = format!("gemm_tc_{dtype}");
-        let (_, sass) = functions.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("{name} missing"));
-        let mma = sass.lines().filter(|l| l.contains("HMMA") || l.contains("HGMMA")).count();
-        eprintln!("{name}: {mma} tensor-core instructions");
-        assert!(mma > 0, "{name} has no HMMA/HGMMA instruction");
-    }
+    assert_tensor_cores("gemm", &DTYPES.map(|d| format!("gemm_tc_{d}")));
+}
+
+/// The grouped expert GEMMs that run MoE layers over many (token, expert) pairs.
+#[test]
+fn grouped_expert_gemms_use_tensor_cores_on_sm90a() {
+    let names: Vec<String> =
+        DTYPES.iter().flat_map(|d| [format!("moe_gate_up_tc_{d}"), format!("moe_down_tc_{d}")]).collect();
+    assert_tensor_cores("moe", &names);
 }
 
 /// Every attention kernel glmv-codegen lists is built for both architectures: the backend looks each up by name

@@ -501,8 +501,10 @@ pub fn kv_dtype_name(dtype: KvDtype) -> &'static str {
 /// An estimate of the activations one forward step of `tokens` tokens keeps live on each GPU in glmv's backends,
 /// which hold activations in f32: the residual stream, its normed copy and the layer's output (3 x hidden, not
 /// split), plus the widest of attention (the fused q/k/v output, rotated q and k, the attention output), the
-/// dense MLP (gate/up output and the SwiGLU product) and the MoE block (per routed pair the gate/up output and
-/// the product, the shared expert's, router logits, ids and weights), each split over `tp`. The weights are
+/// dense MLP (gate/up output and the SwiGLU product) and the MoE block (per routed pair the SwiGLU product and
+/// the expert's output row before the weighted sum, as the grouped expert GEMMs keep them; the shared expert's
+/// gate/up output and product, router logits, ids and weights), each split over `tp` but the expert's output rows
+/// (partial sums of the full width under tensor parallelism). The weights are
 /// not counted (they are resident), nor the logits of the sampled rows (made after the layers' buffers are free
 /// and far smaller at `--max-running-requests` rows).
 pub fn activation_bytes(config: &ModelConfig, tp: usize, tokens: usize) -> u64 {
@@ -514,7 +516,10 @@ pub fn activation_bytes(config: &ModelConfig, tp: usize, tokens: usize) -> u64 {
     let dense = 3 * t.intermediate_size / tp;
     let moe = t.moe.as_ref().map_or(0, |m| {
         let mi = m.moe_intermediate_size / tp;
-        m.num_experts_per_tok * 3 * mi + 3 * mi * m.n_shared_experts + m.n_routed_experts + 2 * m.num_experts_per_tok
+        m.num_experts_per_tok * (mi + t.hidden_size)
+            + 3 * mi * m.n_shared_experts
+            + m.n_routed_experts
+            + 2 * m.num_experts_per_tok
     });
     let per_token = 3 * t.hidden_size + attention.max(dense).max(moe);
     (tokens * per_token * 4) as u64

@@ -46,6 +46,12 @@ pub struct Kernels {
     pub moe_route: CudaFunction,
     pub moe_gate_up: [CudaFunction; 4],
     pub moe_down: [CudaFunction; 4],
+    /// Sorts (token, expert) pairs by expert for the grouped GEMMs.
+    pub moe_align: CudaFunction,
+    /// Grouped tensor-core expert GEMMs over the sorted pairs (gate|up with SwiGLU, down), then the weighted sum.
+    pub moe_gate_up_tc: [CudaFunction; 4],
+    pub moe_down_tc: [CudaFunction; 4],
+    pub moe_combine: CudaFunction,
 }
 
 const DTYPE_SUFFIX: [&str; 4] = ["f32", "bf16", "f16", "fp8"];
@@ -93,6 +99,10 @@ impl Kernels {
             moe_route: f("moe", "moe_route")?,
             moe_gate_up: per_dtype("moe", "moe_gate_up")?,
             moe_down: per_dtype("moe", "moe_down")?,
+            moe_align: f("moe", "moe_align")?,
+            moe_gate_up_tc: per_dtype("moe", "moe_gate_up_tc")?,
+            moe_down_tc: per_dtype("moe", "moe_down_tc")?,
+            moe_combine: f("moe", "moe_combine")?,
         })
     }
 }

@@ -50,8 +50,8 @@ impl Part {
     fn vector_loads(&self, k: usize) -> bool {
         let bytes = self.element_bytes();
         let per_chunk = 16 / bytes;
-        let scale_ok = self.scale.is_none() || self.block[1] == k || self.block[1] % per_chunk == 0;
-        (k * bytes) % 16 == 0 && scale_ok
+        let scale_ok = self.scale.is_none() || self.block[1] == k || self.block[1].is_multiple_of(per_chunk);
+        (k * bytes).is_multiple_of(16) && scale_ok
     }
 }
 
@@ -149,8 +149,8 @@ impl CudaLinear {
                 let kernels = if p.vector_loads(self.in_features) { &be.k.gemv_vec } else { &be.k.gemv };
                 (&kernels[p.dtype as usize], LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) })
             } else {
-                let grid = (p.rows.div_ceil(64) as u32, x.rows.div_ceil(64) as u32, 1);
-                let cfg = LaunchConfig { grid_dim: grid, block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+                let grid = (p.rows.div_ceil(TC_TILE) as u32, x.rows.div_ceil(TC_TILE) as u32, 1);
+                let cfg = LaunchConfig { grid_dim: grid, block_dim: (TC_THREADS, 1, 1), shared_mem_bytes: 0 };
                 (&be.k.gemm[p.dtype as usize], cfg)
             };
             let mut b = be.stream.launch_builder(f);
@@ -240,12 +240,24 @@ struct ExpertTables {
     dtype: WeightDtype,
     inter: usize,
     hidden: usize,
-    /// (weights, scales) pointer arrays and the scale layout, for gate, up and down.
-    tables: [(CudaSlice<u64>, CudaSlice<u64>, [usize; 2], usize); 3],
+    /// Gate, up and down.
+    tables: [ProjectionTable; 3],
 }
 
-/// (token, expert) pairs up to which the fused on-device path runs; beyond, per-expert GEMMs reuse weights better.
+/// One projection of every expert: per-expert weight and scale pointers, and the scale layout they share.
+struct ProjectionTable {
+    weights: CudaSlice<u64>,
+    scales: CudaSlice<u64>,
+    block: [usize; 2],
+    col_blocks: usize,
+}
+
+/// (token, expert) pairs up to which the warp-per-row path runs; beyond, grouped tensor-core GEMMs reuse each
+/// expert's weights over its rows.
 const FUSED_MAX_PAIRS: usize = 512;
+/// Rows and columns of a tensor-core tile and its threads (TC_BM, TC_BN and TC_THREADS in kernels-cuda/mma.cuh).
+const TC_TILE: usize = 64;
+const TC_THREADS: u32 = 128;
 
 impl ExpertTables {
     /// Possible when every expert's projections share dtype and scale layout and suit 16-byte loads.
@@ -287,20 +299,25 @@ impl ExpertTables {
                 );
             }
             let (block, col_blocks, _) = layout.expect("at least one expert");
-            tables.push((be.upload_slice(&weights)?, be.upload_slice(&scales)?, block, col_blocks));
+            tables.push(ProjectionTable {
+                weights: be.upload_slice(&weights)?,
+                scales: be.upload_slice(&scales)?,
+                block,
+                col_blocks,
+            });
         }
         let tables: [_; 3] = tables.try_into().unwrap_or_else(|_| unreachable!("three projections"));
         Ok(Some(ExpertTables { dtype: reference.dtype, inter, hidden, tables }))
     }
 
     fn arg(&self, be: &CudaBackend, which: usize) -> ExpertTableArg {
-        let (w, s, block, col_blocks) = &self.tables[which];
+        let t = &self.tables[which];
         ExpertTableArg {
-            weight: be.ptr(w),
-            scale: be.ptr(s),
-            block_rows: block[0] as i32,
-            block_cols: block[1] as i32,
-            col_blocks: *col_blocks as i32,
+            weight: be.ptr(&t.weights),
+            scale: be.ptr(&t.scales),
+            block_rows: t.block[0] as i32,
+            block_cols: t.block[1] as i32,
+            col_blocks: t.col_blocks as i32,
         }
     }
 }
@@ -373,11 +390,16 @@ impl CudaExperts {
             },
         };
         let pairs = tokens * r.top_k;
-        if let Some(t) = self.fused.as_ref().filter(|_| pairs > 0 && pairs <= FUSED_MAX_PAIRS) {
-            self.fused_experts(be, t, x, &ids, &weights, &mut y)?;
+        if let Some(t) = self.fused.as_ref().filter(|_| pairs > 0) {
+            if pairs <= FUSED_MAX_PAIRS {
+                self.fused_experts(be, t, x, &ids, &weights, &mut y)?;
+            } else {
+                self.grouped_experts(be, t, x, &ids, &weights, &mut y)?;
+            }
             return Ok(y);
         }
-        // Many tokens: dispatch planned on the host, each expert a GEMM over its rows.
+        // Experts whose weights do not fit the device tables: dispatch planned on the host, each expert a GEMM over
+        // its rows.
         let ids = be.stream.clone_dtoh(&ids).map_err(device_err)?;
         let weights = be.stream.clone_dtoh(&weights).map_err(device_err)?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
@@ -396,6 +418,60 @@ impl CudaExperts {
             be.scatter(&mut y, &rows[e], Some(&w[e]), &out)?;
         }
         Ok(y)
+    }
+
+    /// Many pairs: sorted by expert on the device, then grouped tensor-core GEMMs whose tiles each hold one
+    /// expert's rows (kernels-cuda/moe.cu), and each token's experts summed into `y`. No host round trip.
+    fn grouped_experts(
+        &self,
+        be: &CudaBackend,
+        t: &ExpertTables,
+        x: &CudaTensor,
+        ids: &CudaSlice<u32>,
+        weights: &CudaSlice<f32>,
+        y: &mut CudaTensor,
+    ) -> Result<()> {
+        let (tokens, top_k, experts) = (x.rows, self.routing.top_k, self.experts.len());
+        let pairs = tokens * top_k;
+        let perm = be.stream.alloc_zeros::<u32>(pairs).map_err(device_err)?;
+        let offsets = be.stream.alloc_zeros::<u32>(experts + 1).map_err(device_err)?;
+        let tile_offsets = be.stream.alloc_zeros::<u32>(experts + 1).map_err(device_err)?;
+        let (ip, pp, op, tp) = (be.ptr(ids), be.ptr(&perm), be.ptr(&offsets), be.ptr(&tile_offsets));
+        let (pn, en) = (pairs as i32, experts as i32);
+        let mut b = be.stream.launch_builder(&be.k.moe_align);
+        b.arg(&ip).arg(&pn).arg(&en).arg(&pp).arg(&op).arg(&tp);
+        let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches kernels-cuda/moe.cu moe_align; ids < experts <= MAX_EXPERTS (moe_route, checked at load).
+        unsafe { b.launch(one_block) }.map_err(device_err)?;
+        // Each expert's rows fill whole tiles except its last: at most this many tiles; blocks past the real count
+        // return at once.
+        let max_tiles = (pairs.div_ceil(TC_TILE) + experts.min(pairs)) as u32;
+        let tile = |columns: usize| LaunchConfig {
+            grid_dim: (columns.div_ceil(TC_TILE) as u32, max_tiles, 1),
+            block_dim: (TC_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (k, h, i) = (top_k as i32, t.hidden as i32, t.inter as i32);
+        let hbuf = be.alloc(pairs, t.inter)?;
+        let (xp, hp) = (be.ptr(&x.buf), be.ptr(&hbuf.buf));
+        let (gate, up, down) = (t.arg(be, 0), t.arg(be, 1), t.arg(be, 2));
+        let mut b = be.stream.launch_builder(&be.k.moe_gate_up_tc[t.dtype as usize]);
+        b.arg(&xp).arg(&pp).arg(&op).arg(&tp).arg(&en).arg(&k).arg(&h).arg(&i).arg(&gate).arg(&up).arg(&hp);
+        // SAFETY: matches moe_gate_up_tc_*; a tile's 64 columns are 32 gate and 32 up rows, hence 2 * inter.
+        unsafe { b.launch(tile(2 * t.inter)) }.map_err(device_err)?;
+        let y_pair = be.alloc(pairs, t.hidden)?;
+        let yp = be.ptr(&y_pair.buf);
+        let mut b = be.stream.launch_builder(&be.k.moe_down_tc[t.dtype as usize]);
+        b.arg(&hp).arg(&pp).arg(&op).arg(&tp).arg(&en).arg(&h).arg(&i).arg(&down).arg(&yp);
+        // SAFETY: matches moe_down_tc_*; y_pair is [pairs, hidden].
+        unsafe { b.launch(tile(t.hidden)) }.map_err(device_err)?;
+        let (wp, outp, tn) = (be.ptr(weights), be.ptr(&y.buf), tokens as i32);
+        let mut b = be.stream.launch_builder(&be.k.moe_combine);
+        b.arg(&yp).arg(&wp).arg(&tn).arg(&k).arg(&h).arg(&outp);
+        let blocks = (tokens * t.hidden).div_ceil(256).clamp(1, 4096) as u32;
+        // SAFETY: matches moe_combine; y is [tokens, hidden].
+        unsafe { b.launch(LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) }) }.map_err(device_err)?;
+        Ok(())
     }
 
     /// All chosen experts of all tokens in three launches, no host round trip: gate|up rows per (token, expert),

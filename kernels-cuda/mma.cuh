@@ -1,0 +1,159 @@
+// Tensor-core tiles, shared by the dense GEMM (gemm.cu) and the grouped expert GEMMs (moe.cu): a 64 x 64 output tile
+// per block of 128 threads (4 warps, 2 x 2, each 32 x 32 = 2 x 4 mma tiles of 16 x 8), K in steps of 32, BF16
+// mma.sync m16n8k16 with f32 accumulation. Where a tile's rows and columns come from is the caller's: tc_tile reads
+// them through accessors, so the same main loop serves contiguous rows, gathered rows and per-expert weights.
+// Precision is kept close to the f32 CPU reference, because greedy generation must match it token for token:
+// - x (f32) is split into hi + lo BF16 parts (x = hi + lo to about 16 mantissa bits), one mma for each;
+// - BF16 and FP8 weights are exact in BF16; F32/F16 weights are split the same way (a third mma, lo(x) * lo(w)
+//   is negligible and skipped);
+// - scales are not folded into the weights: per-row scales multiply the accumulator at the end, block scales each
+//   block's partial sum (when the block is a multiple of the K step; otherwise they are applied while staging).
+// A row of shared memory is 32 + 8 BF16 so that 32-bit fragment loads stay aligned and rows start in different banks.
+#pragma once
+#include "common.cuh"
+
+#define TC_BM 64
+#define TC_BN 64
+#define TC_BK 32
+#define TC_LD (TC_BK + 8)
+#define TC_THREADS 128
+
+__device__ __forceinline__ uint32_t lds32(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// D = A(16x16, row) * B(16x8, col) + D, BF16 inputs, f32 accumulators (PTX ISA, mma.m16n8k16 fragment layouts).
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void split_bf16(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
+  hi = __float2bfloat16_rn(v);
+  lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+}
+
+// A-operand fragments of a 16-row slice starting at row r, columns kk..kk+15 of a [64][TC_LD] tile.
+__device__ __forceinline__ void load_a(uint32_t a[4], const __nv_bfloat16 (*t)[TC_LD], int r, int kk, int group,
+                                       int pair) {
+  const __nv_bfloat16* r0 = &t[r + group][kk + pair];
+  const __nv_bfloat16* r8 = &t[r + group + 8][kk + pair];
+  a[0] = lds32(r0);
+  a[1] = lds32(r8);
+  a[2] = lds32(r0 + 8);
+  a[3] = lds32(r8 + 8);
+}
+
+// B-operand fragments of 8 weight rows (B's columns) starting at row n, columns kk..kk+15.
+__device__ __forceinline__ void load_b(uint32_t b[2], const __nv_bfloat16 (*t)[TC_LD], int n, int kk, int group,
+                                       int pair) {
+  const __nv_bfloat16* col = &t[n + group][kk + pair];
+  b[0] = lds32(col);
+  b[1] = lds32(col + 8);
+}
+
+// Where this thread's accumulators sit in the 64 x 64 tile: total[i][j][h * 2 + c] is row
+// wm + i * 16 + group + h * 8, column wn + j * 8 + pair + c.
+struct TcLane {
+  int group, pair, wm, wn;
+  __device__ TcLane() {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    group = lane / 4;
+    pair = (lane % 4) * 2;  // fragment row (or column) and first of two consecutive k
+    wm = (warp / 2) * 32;
+    wn = (warp % 2) * 32;
+  }
+  __device__ int row(int i, int h) const { return wm + i * 16 + group + h * 8; }
+  __device__ int col(int j, int c) const { return wn + j * 8 + pair + c; }
+};
+
+// How the weight scales of a tile are applied: late (to partial sums, per column block of `block_cols`, or once at
+// the end when `col_blocks` == 1) or, when `late` is false, by `w_at` while staging.
+struct TcScaling {
+  bool late;
+  int block_cols;
+  int col_blocks;
+};
+
+// total[i][j][e] = sum over k < K of x_at(row, k) * w_at(col, k) (see TcLane for row and col), with late scales
+// w_late(col, column block) applied per block. x_at must return 0 for rows outside the tile's data, w_at 0 for
+// columns outside it; both are called with k < K rounded up to TC_BK (and must return 0 for k >= K).
+// SPLIT_W: the weights are not exact in BF16 (F32, F16) and get a hi + lo split.
+template <bool SPLIT_W, class XAt, class WAt, class WLate>
+__device__ __forceinline__ void tc_tile(int K, XAt x_at, WAt w_at, TcScaling scaling, WLate w_late,
+                                        float total[2][4][4]) {
+  __shared__ __align__(16) __nv_bfloat16 xh[TC_BM][TC_LD], xl[TC_BM][TC_LD];  // [m][k]
+  __shared__ __align__(16) __nv_bfloat16 wh[TC_BN][TC_LD], wl[SPLIT_W ? TC_BN : 1][TC_LD];  // [n][k]
+  int tid = threadIdx.x;
+  TcLane t;
+  float part[2][4][4] = {};
+  for (int k0 = 0; k0 < K; k0 += TC_BK) {
+    for (int i = tid; i < TC_BM * TC_BK; i += TC_THREADS) {
+      int r = i / TC_BK, c = i % TC_BK;
+      int k = k0 + c;
+      split_bf16(x_at(r, k), xh[r][c], xl[r][c]);
+      float wv = w_at(r, k);
+      if constexpr (SPLIT_W) {
+        split_bf16(wv, wh[r][c], wl[r][c]);
+      } else {
+        wh[r][c] = __float2bfloat16_rn(wv);  // exact for BF16 and FP8 values
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < TC_BK; kk += 16) {
+      uint32_t ah[2][4], al[2][4], bh[4][2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        load_a(ah[i], xh, t.wm + i * 16, kk, t.group, t.pair);
+        load_a(al[i], xl, t.wm + i * 16, kk, t.group, t.pair);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) load_b(bh[j], wh, t.wn + j * 8, kk, t.group, t.pair);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          mma_bf16_16816(part[i][j], ah[i], bh[j]);
+          mma_bf16_16816(part[i][j], al[i], bh[j]);
+        }
+      if constexpr (SPLIT_W) {
+        uint32_t bl[4][2];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) load_b(bl[j], wl, t.wn + j * 8, kk, t.group, t.pair);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) mma_bf16_16816(part[i][j], ah[i], bl[j]);
+      }
+    }
+    __syncthreads();
+    int k_end = k0 + TC_BK;
+    bool flush = k_end >= K || (scaling.late && scaling.col_blocks > 1 && k_end % scaling.block_cols == 0);
+    if (flush) {
+      int kb = scaling.late && scaling.col_blocks > 1 ? k0 / scaling.block_cols : 0;
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float f = scaling.late ? w_late(t.col(j, e & 1), kb) : 1.0f;
+            total[i][j][e] += part[i][j][e] * f;
+            part[i][j][e] = 0.0f;
+          }
+    }
+  }
+}
+
+// The scaling of a [N, K] weight with scales `s` in a tile: late when every scale block spans whole K steps.
+__device__ __forceinline__ TcScaling tc_scaling(WeightScale s) {
+  bool scaled = s.scale != nullptr;
+  return TcScaling{scaled && (s.col_blocks == 1 || s.block_cols % TC_BK == 0), s.block_cols, s.col_blocks};
+}
+
+// The scale of weight row n in column block kb.
+__device__ __forceinline__ float scale_at(WeightScale s, int n, int kb) {
+  return s.scale[(size_t)(n / s.block_rows) * s.col_blocks + kb];
+}
