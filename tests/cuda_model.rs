@@ -1,15 +1,21 @@
 //! Whole fixture models on the CUDA backend against the CPU backend: logits of every prompt position, greedy
-//! generation token for token, and prompts with images through the vision tower. Needs a CUDA device.
+//! generation token for token, and prompts with images through the vision tower; then the decoder layers of both
+//! families at their real shapes. Needs a CUDA device.
 #![cfg(feature = "cuda")]
 
 mod common;
 
 use common::*;
 use glmv_runtime::{
-    backend::{cuda::CudaBackend, CpuBackend, KvDtype},
+    backend::{cuda::CudaBackend, Backend, CpuBackend, KvDtype},
+    config::{
+        known::{KnownModel, Precision},
+        ModelConfig,
+    },
     engine::sampler::SamplingParams,
-    model::{Grid, MediaKind},
+    model::{text_batch, Grid, MediaKind, TextModel},
     pipeline::{GenerateOptions, MediaInput, Pipeline, Prompt},
+    weights::WeightStore,
 };
 
 #[test]
@@ -87,5 +93,70 @@ fn fixture_models_match_cpu() {
             let co = cpu.generate(&mm, &[], &options, &mut |_, _| {}).unwrap();
             assert_eq!(go, co, "{name}: greedy generation with media differs");
         }
+    }
+}
+
+/// Logits of the last prompt row and of each decode step of a model over `ids`: the prompt in two chunks (the second
+/// attends to the first through the paged cache), then one token per step.
+fn chunked_logits<B: Backend>(
+    backend: B,
+    config: &ModelConfig,
+    store: &WeightStore,
+    ids: &[u32],
+    prompt: usize,
+) -> Vec<f32> {
+    let model = TextModel::load(&backend, config, store, &mut |_| {}).unwrap();
+    let block = 16;
+    let blocks = ids.len().div_ceil(block);
+    let mut cache = backend.kv_cache(&model.kv_cache_spec(blocks, block, KvDtype::Bf16)).unwrap();
+    let table: Vec<u32> = (0..blocks as u32).collect();
+    let first = prompt * 2 / 3;
+    let mut steps = vec![0..first, first..prompt];
+    steps.extend((prompt..ids.len()).map(|i| i..i + 1));
+    let mut logits = Vec::new();
+    for rows in steps {
+        let hidden = model.embed(&backend, &ids[rows.clone()]).unwrap();
+        let batch = text_batch(rows.start, rows.len(), table.clone());
+        let out = model.forward(&backend, hidden, &batch, &mut cache).unwrap();
+        if rows.end >= prompt {
+            logits.extend(model.logits(&backend, &out, &[rows.len() - 1]).unwrap());
+        }
+    }
+    logits
+}
+
+/// The decoder layers of GLM-4.5V (FP8: its dense first layer and a MoE layer of 128 experts, top-8) and of GLM-4.1V
+/// (BF16, dense) at their real shapes, with seeded dummy weights (`--load-format dummy`'s), GPU against CPU: a
+/// 300-token prompt (the MoE layer's 2,400 (token, expert) pairs run the grouped expert GEMMs) and decode steps
+/// (the warp-per-row kernels). The vocabulary is cut to 8,192 rows: it is not a layer shape, and the full
+/// embeddings would only slow the test.
+#[test]
+fn real_shape_layers_match_cpu() {
+    if let Err(e) = CudaBackend::new(0) {
+        eprintln!("skipped: no usable CUDA device ({e})");
+        return;
+    }
+    for (model, precision, layers, tol) in
+        [(KnownModel::Glm45v, Precision::Fp8, 2, 3e-2), (KnownModel::Glm41v, Precision::Bf16, 1, 1e-2)]
+    {
+        let mut json = model.config_json(precision).unwrap();
+        let text = &mut json["text_config"];
+        text["num_hidden_layers"] = layers.into();
+        text["vocab_size"] = 8192.into();
+        let config = ModelConfig::from_json(&json, None).unwrap();
+        let store = WeightStore::dummy(&config, 11);
+        let mut rng = safetensors_writer::Rng::new(3);
+        let ids: Vec<u32> = (0..303).map(|_| (rng.vec(1, 0.5)[0].abs() * 16000.0) as u32 % 8192).collect();
+        let started = std::time::Instant::now();
+        let gpu = chunked_logits(CudaBackend::new_poisoned(0).unwrap(), &config, &store, &ids, 300);
+        let cpu = chunked_logits(CpuBackend, &config, &store, &ids, 300);
+        let err = rel_l2(&gpu, &cpu);
+        eprintln!(
+            "{} {precision:?}, {layers} layers: GPU vs CPU logits relative L2 {err:.2e} ({:.1} s)",
+            model.name(),
+            started.elapsed().as_secs_f64()
+        );
+        assert!(gpu.iter().all(|v| v.is_finite()), "{}: non-finite logits", model.name());
+        assert!(err <= tol, "{}: relative L2 {err:.2e} > {tol:.0e}", model.name());
     }
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # What a session with a GPU machine checks for the CUDA backend (issue 8), after scripts/device/prepare.sh built
 # .device-bin/ here. Two device calls of under ten minutes each (carry [".device-bin"], timeout_s 590):
-#   bash scripts/device/gpu_check.sh parity     # steps 1 and 2, ~5 min at most
+#   bash scripts/device/gpu_check.sh parity     # steps 1 and 2, ~7 min at most
 #   bash scripts/device/gpu_check.sh serve      # step 3, ~8 min at most
 # 1. parity of every operation and of whole fixture models against the CPU backend (tests/cuda_ops.rs,
-#    tests/cuda_model.rs; real GLM-4.5V / GLM-4.1V / vision shapes and odd ones);
+#    tests/cuda_model.rs; real GLM-4.5V / GLM-4.1V / vision shapes and odd ones, and the decoder layers of both
+#    families at real shapes with dummy weights);
 # 2. per-operation timings of one GLM-4.5V-FP8 decode step (benches/cuda_decode_step.rs);
 # 3. `glmv serve --load-format dummy` at GLM-4.5V-FP8's real shapes (checkpoint directory from `glmv config
 #    --write-dummy-checkpoint`) answering `glmv bench` 1K/1K at concurrency 1 and 16.
@@ -32,7 +33,7 @@ step() {   # step FILE TIMEOUT COMMAND...: appends COMMAND's output to $OUT/FILE
 head -n 12 "$OUT/nvidia-smi.txt"
 if [ "$WHAT" = parity ]; then
   step cuda_ops 150 "$BIN/cuda_ops" --test-threads 1 --nocapture
-  step cuda_model 100 "$BIN/cuda_model" --test-threads 1 --nocapture
+  step cuda_model 200 "$BIN/cuda_model" --test-threads 1 --nocapture
   step decode_step 45 "$BIN/cuda_decode_step" --bench
   echo "done in ${SECONDS}s"
   exit 0
