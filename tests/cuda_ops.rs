@@ -347,3 +347,30 @@ fn moe_matches_cpu() {
         }
     }
 }
+
+/// Greedy tokens picked on the device are the CPU's, exactly: lowest index on ties, NaN never, all-NaN rows 0.
+#[test]
+fn argmax_rows_match_cpu() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng::new(17);
+    for cols in [1, 7, 1000, 151552] {
+        let mut rows: Vec<Vec<f32>> = (0..10).map(|_| rng.vec(cols, 8.0)).collect();
+        let mut tie = rng.vec(cols, 1.0);
+        tie[cols / 3] = 5.0;
+        tie[cols - 1] = 5.0;
+        let mut last = rng.vec(cols, 1.0);
+        last[cols - 1] = 2.0;
+        let mut nan = vec![f32::NAN; cols];
+        nan[cols / 2] = -3.0;
+        let mut mixed = rng.vec(cols, 1.0);
+        mixed.iter_mut().step_by(3).for_each(|v| *v = f32::NAN);
+        rows.extend([tie, last, nan, mixed, vec![f32::NAN; cols], vec![f32::NEG_INFINITY; cols]]);
+        let data: Vec<f32> = rows.concat();
+        let got = gpu.argmax_rows(&gpu.upload(rows.len(), cols, &data).unwrap()).unwrap();
+        let want = CpuBackend.argmax_rows(&CpuBackend.upload(rows.len(), cols, &data).unwrap()).unwrap();
+        eprintln!("argmax over {} rows of {cols}: {got:?}", rows.len());
+        assert_eq!(got, want, "argmax_rows, {cols} columns");
+        assert_eq!(want[10], if cols == 1 { 0 } else { (cols / 3) as u32 }, "the first of two equal maxima");
+        assert_eq!(&want[12..], &[(cols / 2) as u32, want[13], 0, 0], "NaN and -inf rows");
+    }
+}

@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use glmv_runtime::backend::cuda::KERNEL_IMAGES;
+use glmv_runtime::backend::cuda::{Kernels, KERNEL_IMAGES};
 
 /// cuobjdump next to `$GLMV_NVCC`, else in the project's .venv-cuda.
 fn cuobjdump() -> PathBuf {
@@ -87,5 +87,26 @@ fn specialised_attention_kernels_are_built() {
         for k in glmv_codegen::attention_kernels() {
             assert!(functions.iter().any(|(n, _)| *n == k.symbol()), "{} missing for {arch}", k.symbol());
         }
+    }
+}
+
+/// Every function the CUDA backend looks up when it starts is in its image, for both architectures: a missing or
+/// misnamed one would stop the backend on the first GPU it meets.
+#[test]
+fn every_function_the_backend_loads_is_built() {
+    for arch in ["sm_90a", "sm_100a"] {
+        let functions: Vec<(&str, Vec<String>)> = KERNEL_IMAGES
+            .iter()
+            .map(|(image, bytes)| (*image, sass_functions(bytes, arch).into_iter().map(|(n, _)| n).collect()))
+            .collect();
+        let looked_up = std::cell::RefCell::new(0);
+        let kernels = Kernels::<String>::resolve(&|image, name| {
+            let (_, names) = functions.iter().find(|(i, _)| *i == image).expect("image embedded");
+            assert!(names.iter().any(|n| n == name), "{image}.{name} missing for {arch}");
+            *looked_up.borrow_mut() += 1;
+            Ok(format!("{image}.{name}"))
+        });
+        assert!(kernels.is_ok());
+        eprintln!("{arch}: {} functions found", looked_up.borrow());
     }
 }

@@ -87,6 +87,14 @@ fn requests(plain: u32, image: Option<(u32, u32)>) -> Vec<Request> {
             }
             let mut r = Request::new(Prompt { ids, media }, 1 + (i % 13));
             r.sampling = SamplingParams { temperature: 0.0, ..Default::default() };
+            // Most requests are plain greedy (the backend picks their tokens); the others need their logits on the
+            // host, so that steps mix both kinds of rows.
+            match i % 8 {
+                1 => r.logprobs = Some(2),
+                3 => r.sampling = SamplingParams { temperature: 0.8, top_k: 20, seed: i as u64, ..Default::default() },
+                5 => r.sampling.repetition_penalty = 1.3,
+                _ => {}
+            }
             r.ignore_eos = i % 3 != 0;
             if i % 4 == 0 {
                 r.stop_token_ids = vec![ids_of(&r)[0]];

@@ -236,6 +236,9 @@ pub trait Backend: Send + Sync {
     fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Tensor>;
     /// Copies a tensor to the host as row-major f32.
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
+    /// The greedy choice of each row (the index of its largest value), by the rule of
+    /// [`crate::engine::sampler::argmax`]: a step's greedy tokens without copying its logits to the host.
+    fn argmax_rows(&self, x: &Self::Tensor) -> Result<Vec<u32>>;
 }
 
 #[cfg(test)]

@@ -52,6 +52,12 @@ pub struct Request {
 }
 
 impl Request {
+    /// Whether the next token is the argmax of the raw logits and nothing else is read from them: the backend then
+    /// picks it where the logits are, and they are not copied to the host.
+    fn picks_on_device(&self) -> bool {
+        self.logprobs.is_none() && self.sampling.is_greedy_on_raw_logits()
+    }
+
     pub fn new(prompt: Prompt, max_tokens: usize) -> Self {
         Request {
             prompt,
@@ -388,26 +394,31 @@ impl<B: Backend> Engine<B> {
             let cached = self.scheduler.cached_tokens(c.seq);
             self.seqs.get_mut(&c.seq).expect("planned sequence exists").cached_tokens.get_or_insert(cached);
         }
-        let logits = self.forward(&plan.chunks)?;
+        let (rows, host_logits) = self.forward(&plan.chunks)?;
         self.scheduler.complete(&plan);
         let vocab = self.pipeline.model.vocab_size();
         let mut events = Vec::new();
         let sampling: Vec<&Chunk> = plan.chunks.iter().filter(|c| c.samples).collect();
-        for (c, row) in sampling.iter().zip(logits.chunks(vocab)) {
-            self.advance(c.seq, row, &mut events);
+        for (c, row) in sampling.iter().zip(rows) {
+            let choice = match row {
+                SampledRow::Greedy(token) => Choice::Greedy(token),
+                SampledRow::OnHost(j) => Choice::Logits(&host_logits[j * vocab..(j + 1) * vocab]),
+            };
+            self.advance(c.seq, choice, &mut events);
         }
         Ok(events)
     }
 
-    /// One forward over all planned chunks; returns the logits of the last row of each sampling chunk.
-    fn forward(&mut self, chunks: &[Chunk]) -> Result<Vec<f32>> {
+    /// One forward over all planned chunks. For the last row of each sampling chunk: its greedy token, chosen on
+    /// the backend's device, or the index of its logits in the returned host rows (when its request needs them).
+    fn forward(&mut self, chunks: &[Chunk]) -> Result<(Vec<SampledRow>, Vec<f32>)> {
         let p = &self.pipeline;
         let be = &p.backend;
         let width = p.model.config.hidden_size;
         let mut ids = Vec::new();
         let mut batch = ForwardBatch::default();
         let (mut vision_rows, mut vision_data) = (Vec::new(), Vec::new());
-        let mut sample_rows = Vec::new();
+        let (mut sample_rows, mut on_device) = (Vec::new(), Vec::new());
         for c in chunks {
             let s = &self.seqs[&c.seq];
             let first = ids.len();
@@ -430,6 +441,7 @@ impl<B: Backend> Engine<B> {
             });
             if c.samples {
                 sample_rows.push(ids.len() - 1);
+                on_device.push(s.req.picks_on_device());
             }
         }
         let mut hidden = p.model.embed(be, &ids)?;
@@ -439,27 +451,52 @@ impl<B: Backend> Engine<B> {
         }
         let out = p.model.forward(be, hidden, &batch, &mut self.cache)?;
         if sample_rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        p.model.logits(be, &out, &sample_rows)
+        let logits = p.model.logits_on_device(be, &out, &sample_rows)?;
+        let greedy = if on_device.contains(&true) { be.argmax_rows(&logits)? } else { Vec::new() };
+        let host_rows: Vec<usize> = (0..sample_rows.len()).filter(|&i| !on_device[i]).collect();
+        let host_logits = match host_rows.len() {
+            0 => Vec::new(),
+            n if n == sample_rows.len() => be.to_host(&logits)?,
+            _ => be.to_host(&be.select_rows(&logits, &host_rows)?)?,
+        };
+        let mut next_host = 0;
+        let rows = on_device
+            .iter()
+            .enumerate()
+            .map(|(i, &device)| {
+                if device {
+                    SampledRow::Greedy(greedy[i])
+                } else {
+                    next_host += 1;
+                    SampledRow::OnHost(next_host - 1)
+                }
+            })
+            .collect();
+        Ok((rows, host_logits))
     }
 
     /// Picks the next token of `seq` from its logits, emits it, and finishes the sequence if it should stop.
-    fn advance(&mut self, seq: SeqId, logits: &[f32], events: &mut Vec<Event>) {
+    fn advance(&mut self, seq: SeqId, logits: Choice<'_>, events: &mut Vec<Event>) {
         let eos = &self.pipeline.config.tokens.eos;
         let s = self.seqs.get_mut(&seq).expect("sampled sequence exists");
         let req = s.req.clone();
         let token = match forced_think_token(self.think, req.thinking_budget, &s.ids) {
             Some(t) => t,
-            None => {
-                let mut processed = logits.to_vec();
-                apply_penalties(&mut processed, &req.sampling, &s.ids[..s.prompt_len], &s.counts);
-                sample(&processed, &req.sampling, &mut s.rng)
-            }
+            None => match logits {
+                Choice::Greedy(token) => token,
+                Choice::Logits(logits) => {
+                    let mut processed = logits.to_vec();
+                    apply_penalties(&mut processed, &req.sampling, &s.ids[..s.prompt_len], &s.counts);
+                    sample(&processed, &req.sampling, &mut s.rng)
+                }
+            },
         };
-        let info = match req.logprobs {
-            None => TokenInfo { id: token, logprob: None, top_logprobs: Vec::new() },
-            Some(k) => {
+        let info = match (req.logprobs, logits) {
+            (None, _) => TokenInfo { id: token, logprob: None, top_logprobs: Vec::new() },
+            (Some(_), Choice::Greedy(_)) => unreachable!("requests with logprobs keep their logits (picks_on_device)"),
+            (Some(k), Choice::Logits(logits)) => {
                 let lp = log_softmax(logits);
                 let mut order: Vec<u32> = (0..lp.len() as u32).collect();
                 order.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
@@ -518,6 +555,21 @@ impl<B: Backend> Engine<B> {
             }
         }
     }
+}
+
+/// How a step chose (or will choose) one sampling row's token.
+enum SampledRow {
+    /// The backend's argmax.
+    Greedy(u32),
+    /// Its logits are row j of the step's host logits.
+    OnHost(usize),
+}
+
+/// What `advance` gets for one sequence.
+#[derive(Clone, Copy)]
+enum Choice<'a> {
+    Greedy(u32),
+    Logits(&'a [f32]),
 }
 
 fn submit_error(e: SubmitError) -> Error {

@@ -40,6 +40,18 @@ impl Default for SamplingParams {
     }
 }
 
+impl SamplingParams {
+    /// Whether [`sample`] after [`apply_penalties`] is [`argmax`] of the raw logits: greedy, no bias, no penalty.
+    pub fn is_greedy_on_raw_logits(&self) -> bool {
+        let no_repetition_penalty = self.repetition_penalty == 1.0 || self.repetition_penalty <= 0.0;
+        self.temperature <= 0.0
+            && self.logit_bias.is_empty()
+            && no_repetition_penalty
+            && self.frequency_penalty == 0.0
+            && self.presence_penalty == 0.0
+    }
+}
+
 /// Applies logit bias and the three penalties in place. `seen` holds every prompt token, `output_counts` the
 /// occurrences of each output token.
 pub fn apply_penalties(
@@ -210,6 +222,48 @@ mod tests {
         assert_eq!(argmax(&[0.0, 3.0, 3.0, 1.0]), 1);
         let p = SamplingParams { temperature: 0.0, ..Default::default() };
         assert_eq!(sample(&[0.0, 1.0, 5.0], &p, &mut Rng::new(1)), 2);
+    }
+
+    /// The engine lets the backend pick tokens (argmax of the raw logits) exactly when this says so: then the host
+    /// path (penalties, then `sample`) must pick the same token, and must be able to differ otherwise.
+    #[test]
+    fn greedy_on_raw_logits_is_the_argmax() {
+        let prompt = [0u32];
+        let counts: BTreeMap<u32, u32> = [(1, 2), (3, 1)].into_iter().collect();
+        let host = |logits: &[f32], p: &SamplingParams| {
+            let mut processed = logits.to_vec();
+            apply_penalties(&mut processed, p, &prompt, &counts);
+            sample(&processed, p, &mut Rng::new(5))
+        };
+        let mut rng = Rng::new(9);
+        let greedy = [
+            SamplingParams { temperature: 0.0, ..Default::default() },
+            SamplingParams { temperature: -1.0, top_k: 3, top_p: 0.5, min_p: 0.2, ..Default::default() },
+            SamplingParams { temperature: 0.0, repetition_penalty: 0.0, ..Default::default() },
+        ];
+        for p in &greedy {
+            assert!(p.is_greedy_on_raw_logits(), "{p:?}");
+            for _ in 0..200 {
+                let logits: Vec<f32> = (0..6).map(|_| (rng.next_f32() * 4.0).round()).collect();
+                assert_eq!(host(&logits, p), argmax(&logits), "{logits:?} {p:?}");
+            }
+            assert_eq!(host(&[f32::NAN, 1.0, f32::NAN], p), argmax(&[f32::NAN, 1.0, f32::NAN]));
+        }
+        // Each of these changes the logits (or samples): token 1 is the raw argmax, and the host picks another.
+        let logits = [1.0, 3.0, 2.9, 0.0];
+        let not_greedy = [
+            SamplingParams { temperature: 1.0, top_k: 2, ..Default::default() },
+            SamplingParams { temperature: 0.0, logit_bias: vec![(2, 1.0)], ..Default::default() },
+            SamplingParams { temperature: 0.0, repetition_penalty: 2.0, ..Default::default() },
+            SamplingParams { temperature: 0.0, frequency_penalty: 0.5, ..Default::default() },
+            SamplingParams { temperature: 0.0, presence_penalty: 0.5, ..Default::default() },
+        ];
+        for p in &not_greedy {
+            assert!(!p.is_greedy_on_raw_logits(), "{p:?}");
+        }
+        for p in &not_greedy[1..] {
+            assert_ne!(host(&logits, p), 1, "{p:?}");
+        }
     }
 
     #[test]

@@ -206,8 +206,13 @@ impl<B: Backend> TextModel<B> {
 
     /// Logits [rows.len(), vocab] of the given rows of the final hidden states, on the host.
     pub fn logits(&self, backend: &B, hidden: &B::Tensor, rows: &[usize]) -> Result<Vec<f32>> {
+        backend.to_host(&self.logits_on_device(backend, hidden, rows)?)
+    }
+
+    /// The same, left on the backend's device (for choosing tokens there).
+    pub fn logits_on_device(&self, backend: &B, hidden: &B::Tensor, rows: &[usize]) -> Result<B::Tensor> {
         let selected = backend.select_rows(hidden, rows)?;
-        backend.to_host(&backend.linear_forward(&selected, &self.lm_head)?)
+        backend.linear_forward(&selected, &self.lm_head)
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -295,4 +295,8 @@ impl Backend for CpuBackend {
     fn to_host(&self, x: &CpuTensor) -> Result<Vec<f32>> {
         Ok(x.data.clone())
     }
+
+    fn argmax_rows(&self, x: &CpuTensor) -> Result<Vec<u32>> {
+        Ok((0..x.rows).map(|r| crate::engine::sampler::argmax(x.row(r))).collect())
+    }
 }

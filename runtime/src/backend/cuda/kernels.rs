@@ -25,33 +25,37 @@ pub enum WeightDtype {
     Fp8 = 3,
 }
 
-pub struct Kernels {
-    pub embed: [CudaFunction; 4],
+/// Every function the CUDA backend launches. `F` is a loaded `CudaFunction`; [`Kernels::resolve`] also builds it
+/// from names alone, which is how tests check without a GPU that every function exists in the embedded images.
+pub struct Kernels<F = CudaFunction> {
+    pub embed: [F; 4],
     /// Tensor-core GEMM (BF16 mma, f32 accumulation) for more than GEMV_MAX_ROWS rows; 128 threads per 64 x 64 tile.
-    pub gemm: [CudaFunction; 4],
-    pub gemv: [CudaFunction; 4],
+    pub gemm: [F; 4],
+    pub gemv: [F; 4],
     /// GEMV with 16-byte weight loads (rows a multiple of 16 bytes).
-    pub gemv_vec: [CudaFunction; 4],
-    pub rms_norm: CudaFunction,
-    pub layer_norm_gelu: CudaFunction,
-    pub swiglu: CudaFunction,
-    pub add_inplace: CudaFunction,
-    pub gather_rows: CudaFunction,
-    pub scatter_rows: CudaFunction,
-    pub merge_windows: CudaFunction,
-    pub rope_qkv: CudaFunction,
+    pub gemv_vec: [F; 4],
+    pub rms_norm: F,
+    pub layer_norm_gelu: F,
+    pub swiglu: F,
+    pub add_inplace: F,
+    pub gather_rows: F,
+    pub scatter_rows: F,
+    pub merge_windows: F,
+    pub rope_qkv: F,
     /// Every attention kernel by what glmv-codegen calls it: the generic ones (kernels-cuda/attention.cu) and those
     /// compiled for the head shapes of the models glmv serves.
-    pub attention: Vec<(AttentionKernel, CudaFunction)>,
-    pub moe_route: CudaFunction,
-    pub moe_gate_up: [CudaFunction; 4],
-    pub moe_down: [CudaFunction; 4],
+    pub attention: Vec<(AttentionKernel, F)>,
+    pub moe_route: F,
+    pub moe_gate_up: [F; 4],
+    pub moe_down: [F; 4],
     /// Sorts (token, expert) pairs by expert for the grouped GEMMs.
-    pub moe_align: CudaFunction,
+    pub moe_align: F,
     /// Grouped tensor-core expert GEMMs over the sorted pairs (gate|up with SwiGLU, down), then the weighted sum.
-    pub moe_gate_up_tc: [CudaFunction; 4],
-    pub moe_down_tc: [CudaFunction; 4],
-    pub moe_combine: CudaFunction,
+    pub moe_gate_up_tc: [F; 4],
+    pub moe_down_tc: [F; 4],
+    pub moe_combine: F,
+    /// Greedy tokens: one block per row of logits.
+    pub argmax_rows: F,
 }
 
 const DTYPE_SUFFIX: [&str; 4] = ["f32", "bf16", "f16", "fp8"];
@@ -65,16 +69,23 @@ impl Kernels {
             .iter()
             .map(|(name, image)| Ok((*name, ctx.load_module(Ptx::from_binary(image.to_vec())).map_err(device_err)?)))
             .collect::<Result<_>>()?;
-        let f = |module: &str, name: &str| -> Result<CudaFunction> {
+        Kernels::resolve(&|module, name| {
             let (_, m) = modules
                 .iter()
                 .find(|(n, _)| *n == module)
                 .ok_or_else(|| Error::Device(format!("kernel image {module} missing")))?;
             m.load_function(name).map_err(|e| Error::Device(format!("{module}.{name}: {e}")))
-        };
-        let per_dtype = |module: &str, prefix: &str| -> Result<[CudaFunction; 4]> {
-            let v: Vec<CudaFunction> =
-                DTYPE_SUFFIX.iter().map(|s| f(module, &format!("{prefix}_{s}"))).collect::<Result<_>>()?;
+        })
+    }
+}
+
+impl<F> Kernels<F> {
+    /// Every function, each looked up by `function(image, name)`.
+    pub fn resolve(function: &dyn Fn(&str, &str) -> Result<F>) -> Result<Self> {
+        let f = |module: &str, name: &str| function(module, name);
+        let per_dtype = |module: &str, prefix: &str| -> Result<[F; 4]> {
+            let v: Vec<F> =
+                DTYPE_SUFFIX.iter().map(|s| function(module, &format!("{prefix}_{s}"))).collect::<Result<_>>()?;
             Ok(v.try_into().unwrap_or_else(|_| unreachable!("four dtypes")))
         };
         Ok(Kernels {
@@ -103,6 +114,7 @@ impl Kernels {
             moe_gate_up_tc: per_dtype("moe", "moe_gate_up_tc")?,
             moe_down_tc: per_dtype("moe", "moe_down_tc")?,
             moe_combine: f("moe", "moe_combine")?,
+            argmax_rows: f("sampling", "argmax_rows")?,
         })
     }
 }

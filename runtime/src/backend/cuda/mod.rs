@@ -5,7 +5,7 @@
 //! per-channel or block scales) and converted in the GEMM; SIMT kernels; MoE routing on the device with expert
 //! dispatch planned on the host. Its job is to be correct against the CPU backend; speed comes after.
 mod kernels;
-pub use kernels::KERNEL_IMAGES;
+pub use kernels::{Kernels, KERNEL_IMAGES};
 mod linear;
 
 use std::{ops::Range, sync::Arc};
@@ -20,7 +20,6 @@ use crate::{
     weights::{HostTensor, LinearSource},
     Error, Result,
 };
-use kernels::Kernels;
 
 pub(crate) fn device_err(e: cudarc::driver::DriverError) -> Error {
     Error::Device(e.to_string())
@@ -517,6 +516,20 @@ impl Backend for CudaBackend {
         let mut v = self.stream.clone_dtoh(&x.buf).map_err(device_err)?;
         v.truncate(x.rows * x.cols);
         Ok(v)
+    }
+
+    fn argmax_rows(&self, x: &CudaTensor) -> Result<Vec<u32>> {
+        if x.rows == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self.stream.alloc_zeros::<u32>(x.rows).map_err(device_err)?;
+        let (xp, cols, op) = (self.ptr(&x.buf), x.cols as i32, self.ptr(&out));
+        let mut b = self.stream.launch_builder(&self.k.argmax_rows);
+        b.arg(&xp).arg(&cols).arg(&op);
+        let cfg = LaunchConfig { grid_dim: (x.rows as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches kernels-cuda/sampling.cu argmax_rows; x is [rows, cols], out has one u32 per row.
+        unsafe { b.launch(cfg) }.map_err(device_err)?;
+        self.stream.clone_dtoh(&out).map_err(device_err)
     }
 }
 
