@@ -2,6 +2,7 @@
 // stride ldy (a linear made of several checkpoint tensors writes each into its own column range).
 // Many rows (prefill, vision, MoE experts over their gathered rows): BF16 tensor-core tiles (mma.sync m16n8k16,
 // f32 accumulation). Few rows (decode): GEMV kernels that stream the weights once.
+#include "gemv.cuh"
 #include "mma.cuh"
 
 // Many rows: one 64 x 64 tile of y per block (mma.cuh).
@@ -44,8 +45,7 @@ __device__ void gemm_tc(const float* x, int M, int K, const void* w, WeightScale
   }
 }
 
-// Few rows (decode): one warp per output column, all rows at once. M <= GEMV_MAX_ROWS.
-#define GEMV_MAX_ROWS 8
+// Few rows (decode): one warp per output column, all rows at once. M <= GEMV_MAX_ROWS (gemv.cuh).
 template <int DT>
 __device__ void gemv(const float* x, int M, int K, const void* w, WeightScale s, const float* bias, int N, float* y,
                      int ldy) {
@@ -62,46 +62,6 @@ __device__ void gemv(const float* x, int M, int K, const void* w, WeightScale s,
   for (int m = 0; m < M; ++m) {
     float v = warp_sum(acc[m]);
     if (lane == 0) y[(size_t)m * ldy + n] = v + (bias != nullptr ? bias[n] : 0.0f);
-  }
-}
-
-// The same with 16-byte weight loads, for rows whose byte length is a multiple of 16 (every real GLM-V shape): each
-// lane converts 16 bytes of weights per load. A scale that is constant along the row (per-channel FP8) is applied
-// once at the end; block scales once per 16-byte chunk (the host checks block_cols is a multiple of the chunk).
-template <int DT>
-__device__ void gemv_vec(const float* x, int M, int K, const void* w, WeightScale s, const float* bias, int N,
-                         float* y, int ldy) {
-  constexpr int EB = elem_bytes<DT>();
-  constexpr int V = 16 / EB;
-  int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
-  if (warp >= N) return;
-  int n = warp;
-  const uint4* row = reinterpret_cast<const uint4*>(static_cast<const char*>(w) + (size_t)n * K * EB);
-  bool row_scale = s.scale != nullptr && s.col_blocks == 1;
-  float acc[GEMV_MAX_ROWS] = {};
-  for (int c = lane; c < K / V; c += 32) {
-    uint4 raw = row[c];
-    float wv[V];
-    unpack16<DT>(raw, wv);
-    float cs = (s.scale != nullptr && !row_scale) ? s.scale[(size_t)(n / s.block_rows) * s.col_blocks + (c * V) / s.block_cols] : 1.0f;
-#pragma unroll
-    for (int m = 0; m < GEMV_MAX_ROWS; ++m) {
-      if (m < M) {
-        const float4* xv = reinterpret_cast<const float4*>(x + (size_t)m * K + (size_t)c * V);
-        float part = 0.0f;
-#pragma unroll
-        for (int j = 0; j < V / 4; ++j) {
-          float4 xx = xv[j];
-          part += xx.x * wv[4 * j] + xx.y * wv[4 * j + 1] + xx.z * wv[4 * j + 2] + xx.w * wv[4 * j + 3];
-        }
-        acc[m] += part * cs;
-      }
-    }
-  }
-  float rs = row_scale ? s.scale[n / s.block_rows] : 1.0f;
-  for (int m = 0; m < M; ++m) {
-    float v = warp_sum(acc[m]);
-    if (lane == 0) y[(size_t)m * ldy + n] = v * rs + (bias != nullptr ? bias[n] : 0.0f);
   }
 }
 

@@ -92,6 +92,37 @@ fn linear_matches_cpu() {
     }
 }
 
+/// Every GEMV glmv-codegen specialises (each width of the models' linears, BF16 and FP8 per-channel) against the
+/// CPU, at decode row counts.
+#[test]
+fn specialised_gemvs_match_cpu() {
+    use glmv_codegen::{row_kernels, RowOp, WeightKind};
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng::new(5);
+    for k in row_kernels().into_iter().filter(|k| k.op == RowOp::Gemv) {
+        let (n, width) = (200, k.width as usize);
+        let mut tensors = vec![];
+        match k.weight {
+            WeightKind::Bf16 => tensors.push(tensor("w.weight", &[n, width], Data::Bf16(rng.vec(n * width, 0.05)))),
+            WeightKind::Fp8 => {
+                tensors.push(tensor("w.weight", &[n, width], Data::Fp8(fp8_bytes(&mut rng, n * width))));
+                tensors.push(tensor("w.weight_scale", &[n, 1], Data::F32(rng.vec(n, 0.01))));
+            }
+        }
+        let store = write(&scratch(&k.symbol()), &tensors);
+        let parts = [store.linear("w", n, width, false, None).unwrap()];
+        for rows in [1, 3, 8] {
+            let x = rng.vec(rows * width, 1.0);
+            close(
+                &format!("{}, {rows} rows", k.symbol()),
+                &linear_out(&gpu, &parts, &x, rows),
+                &linear_out(&CpuBackend, &parts, &x, rows),
+                TOL,
+            );
+        }
+    }
+}
+
 fn norms_out<B: Backend>(b: &B, store: &WeightStore, x: &[f32], d: &[f32], rows: usize) -> Vec<Vec<f32>> {
     let cols = x.len() / rows;
     let w = b.vector(&store.get("norm").unwrap()).unwrap();

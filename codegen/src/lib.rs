@@ -1,9 +1,10 @@
 //! glmv's shape-specialised GPU kernels, described once and emitted for a target.
 //!
 //! A kernel template in `kernels-cuda/*.cuh` takes its shapes as template parameters, 0 meaning "read it at run
-//! time". This crate lists the shapes of the models glmv serves ([`ATTENTION_SHAPES`]), derives which
-//! instantiations to build ([`attention_kernels`]), writes their source for a target ([`emit_cuda`]; HIP later from
-//! the same descriptions), and names them ([`AttentionKernel::symbol`]), so that `runtime/build.rs` compiles exactly
+//! time". This crate lists the shapes of the models glmv serves ([`ATTENTION_SHAPES`], [`DECODER_SHAPES`]), derives
+//! which instantiations to build ([`attention_kernels`], [`row_kernels`]), writes their source for a target
+//! ([`emit_cuda`]; HIP later from the same descriptions), and names them ([`AttentionKernel::symbol`],
+//! [`RowKernel::symbol`]), so that `runtime/build.rs` compiles exactly
 //! what the CUDA backend looks up, and anything else (test fixtures, unknown checkpoints) runs the generic kernels.
 //!
 //! The descriptions are target-neutral: shapes, dtypes and names only. What is CUDA-specific is [`emit_cuda`].
@@ -109,6 +110,140 @@ pub fn attention_kernels() -> Vec<AttentionKernel> {
     out
 }
 
+/// The widths of one text decoder that decode-time kernels depend on (reference/model.md §1): the hidden size, the
+/// attention output width (heads x head_dim, o_proj's input), the dense MLP's intermediate size and, for MoE
+/// models, the experts' intermediate size. Values from the checkpoints' config.json (runtime/src/config/known/,
+/// whose test checks they agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderShape {
+    pub what: &'static str,
+    pub hidden: u32,
+    pub attention_width: u32,
+    pub intermediate: u32,
+    pub expert_intermediate: Option<u32>,
+}
+
+impl DecoderShape {
+    /// Input widths of the decoder's linears: q/k/v, gate/up, router and lm_head read `hidden`, o_proj the attention
+    /// width, down_proj the intermediate sizes.
+    pub fn linear_inputs(&self) -> Vec<u32> {
+        let mut k = vec![self.hidden, self.attention_width, self.intermediate];
+        k.extend(self.expert_intermediate);
+        k
+    }
+}
+
+pub const DECODER_SHAPES: &[DecoderShape] = &[
+    DecoderShape {
+        what: "GLM-4.5V / GLM-4.6V",
+        hidden: 4096,
+        attention_width: 96 * 128,
+        intermediate: 10944,
+        expert_intermediate: Some(1408),
+    },
+    DecoderShape {
+        what: "GLM-4.1V / GLM-4.6V-Flash / Glyph",
+        hidden: 4096,
+        attention_width: 32 * 128,
+        intermediate: 13696,
+        expert_intermediate: None,
+    },
+];
+
+/// Weight element types of the checkpoints glmv serves (`DT_*` in kernels-cuda/common.cuh); F32 and F16 weights
+/// run the generic kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightKind {
+    Bf16,
+    Fp8,
+}
+
+impl WeightKind {
+    pub const ALL: [WeightKind; 2] = [WeightKind::Bf16, WeightKind::Fp8];
+
+    pub fn suffix(self) -> &'static str {
+        match self {
+            WeightKind::Bf16 => "bf16",
+            WeightKind::Fp8 => "fp8",
+        }
+    }
+
+    fn cuda_constant(self) -> &'static str {
+        match self {
+            WeightKind::Bf16 => "DT_BF16",
+            WeightKind::Fp8 => "DT_FP8",
+        }
+    }
+}
+
+/// The decode-time kernels whose reduction width is fixed at compile time: a linear's GEMV (width = its input),
+/// the experts' gate/up rows (width = hidden) and their down rows (width = the experts' intermediate size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowOp {
+    Gemv,
+    ExpertGateUp,
+    ExpertDown,
+}
+
+impl RowOp {
+    fn prefix(self) -> &'static str {
+        match self {
+            RowOp::Gemv => "gemv_vec",
+            RowOp::ExpertGateUp => "moe_gate_up",
+            RowOp::ExpertDown => "moe_down",
+        }
+    }
+
+    fn cuda_macro(self) -> &'static str {
+        match self {
+            RowOp::Gemv => "GEMV_VEC_KERNEL",
+            RowOp::ExpertGateUp => "MOE_GATE_UP_KERNEL",
+            RowOp::ExpertDown => "MOE_DOWN_KERNEL",
+        }
+    }
+}
+
+/// One row kernel specialised for a weight type and reduction width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RowKernel {
+    pub op: RowOp,
+    pub weight: WeightKind,
+    pub width: u32,
+}
+
+impl RowKernel {
+    /// The kernel's exported name, e.g. `gemv_vec_fp8_k4096`; the generic ones are `gemv_vec_fp8` and so on.
+    pub fn symbol(&self) -> String {
+        format!("{}_{}_k{}", self.op.prefix(), self.weight.suffix(), self.width)
+    }
+
+    /// The specialised kernel for this operation, weight type and width, when one is built.
+    pub fn for_shape(op: RowOp, weight: WeightKind, width: u32) -> Option<RowKernel> {
+        let k = RowKernel { op, weight, width };
+        row_kernels().contains(&k).then_some(k)
+    }
+}
+
+/// The specialised row kernels: every (operation, width) of [`DECODER_SHAPES`] for both weight types.
+pub fn row_kernels() -> Vec<RowKernel> {
+    let mut out: Vec<RowKernel> = Vec::new();
+    for shape in DECODER_SHAPES {
+        let mut wanted: Vec<(RowOp, u32)> = shape.linear_inputs().into_iter().map(|k| (RowOp::Gemv, k)).collect();
+        if let Some(inter) = shape.expert_intermediate {
+            wanted.extend([(RowOp::ExpertGateUp, shape.hidden), (RowOp::ExpertDown, inter)]);
+        }
+        for (op, width) in wanted {
+            for weight in WeightKind::ALL {
+                let k = RowKernel { op, weight, width };
+                if !out.contains(&k) {
+                    out.push(k);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One generated source file: a kernel group, compiled into one code object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeneratedSource {
@@ -128,7 +263,19 @@ pub fn emit_cuda() -> Vec<GeneratedSource> {
         let (d, g) = (k.head_dim.unwrap_or(0), k.group.unwrap_or(0));
         text.push_str(&format!("ATTENTION_KERNEL({}, {}, {d}, {g})\n", k.symbol(), k.kv.cuda_constant()));
     }
-    vec![GeneratedSource { group: "attention_specialised", text }]
+    let mut rows = String::from(
+        "// Generated by glmv-codegen (codegen/src/lib.rs) from DECODER_SHAPES: decode-time GEMVs and expert rows\n\
+         // with the reduction width of the models glmv serves fixed at compile time. Do not edit.\n\
+         #include \"gemv.cuh\"\n\
+         #include \"moe_rows.cuh\"\n",
+    );
+    for k in row_kernels() {
+        rows.push_str(&format!("{}({}, {}, {})\n", k.op.cuda_macro(), k.symbol(), k.weight.cuda_constant(), k.width));
+    }
+    vec![
+        GeneratedSource { group: "attention_specialised", text },
+        GeneratedSource { group: "rows_specialised", text: rows },
+    ]
 }
 
 #[cfg(test)]
@@ -172,9 +319,38 @@ mod tests {
     }
 
     #[test]
+    fn row_kernels_cover_every_decoder_width() {
+        let names: Vec<String> = row_kernels().iter().map(RowKernel::symbol).collect();
+        // GLM-4.5V: 4096, 12288, 10944, 1408; GLM-4.1V adds 13696 (its o_proj reads 4096): 5 GEMV widths, and the
+        // experts' gate/up (4096) and down (1408), each for BF16 and FP8.
+        assert_eq!(names.len(), (5 + 2) * 2, "{names:?}");
+        for name in ["gemv_vec_fp8_k4096", "gemv_vec_bf16_k12288", "gemv_vec_fp8_k13696", "gemv_vec_bf16_k1408"] {
+            assert!(names.iter().any(|n| n == name), "{name}");
+        }
+        assert_eq!(
+            RowKernel::for_shape(RowOp::ExpertGateUp, WeightKind::Fp8, 4096).map(|k| k.symbol()),
+            Some("moe_gate_up_fp8_k4096".into())
+        );
+        assert_eq!(
+            RowKernel::for_shape(RowOp::ExpertDown, WeightKind::Bf16, 1408).unwrap().symbol(),
+            "moe_down_bf16_k1408"
+        );
+        // Fixture widths and widths of other operations run the generic kernels.
+        assert_eq!(RowKernel::for_shape(RowOp::Gemv, WeightKind::Bf16, 64), None);
+        assert_eq!(RowKernel::for_shape(RowOp::ExpertDown, WeightKind::Fp8, 4096), None);
+    }
+
+    #[test]
     fn the_cuda_source_instantiates_every_kernel_once() {
         let sources = emit_cuda();
-        assert_eq!(sources.len(), 1);
+        assert_eq!(sources.len(), 2);
+        let rows = &sources[1];
+        assert_eq!(rows.group, "rows_specialised");
+        for k in row_kernels() {
+            assert_eq!(rows.text.matches(&format!("({}, ", k.symbol())).count(), 1, "{k:?}");
+        }
+        assert!(rows.text.contains("GEMV_VEC_KERNEL(gemv_vec_fp8_k4096, DT_FP8, 4096)"));
+        assert!(rows.text.contains("MOE_DOWN_KERNEL(moe_down_fp8_k1408, DT_FP8, 1408)"));
         let text = &sources[0].text;
         assert!(text.contains("#include \"attention.cuh\""));
         for k in attention_kernels() {

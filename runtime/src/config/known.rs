@@ -138,3 +138,40 @@ impl KnownModel {
 fn parse_embedded(name: &str, text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| Error::Config(format!("the embedded {name} config is not JSON: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// glmv-codegen lists the models' shapes by hand (it is built before the runtime); they must be these
+    /// checkpoints', or the specialised kernels would silently never run.
+    #[test]
+    fn codegen_specialises_for_every_known_model() {
+        for model in KnownModel::ALL {
+            let c = model.config(Precision::Bf16).unwrap();
+            let t = &c.text;
+            let decoder = glmv_codegen::DecoderShape {
+                what: "",
+                hidden: t.hidden_size as u32,
+                attention_width: (t.num_attention_heads * t.head_dim) as u32,
+                intermediate: t.intermediate_size as u32,
+                expert_intermediate: t.moe.as_ref().map(|m| m.moe_intermediate_size as u32),
+            };
+            assert!(
+                glmv_codegen::DECODER_SHAPES.iter().any(|s| glmv_codegen::DecoderShape { what: "", ..*s } == decoder),
+                "{}: {decoder:?}",
+                model.name()
+            );
+            let v = &c.vision;
+            for (heads, kv_heads, head_dim) in [
+                (t.num_attention_heads, t.num_key_value_heads, t.head_dim),
+                (v.num_heads, v.num_heads, v.hidden_size / v.num_heads),
+            ] {
+                let found = glmv_codegen::ATTENTION_SHAPES.iter().any(|s| {
+                    (s.heads as usize, s.kv_heads as usize, s.head_dim as usize) == (heads, kv_heads, head_dim)
+                });
+                assert!(found, "{}: attention {heads}:{kv_heads} d{head_dim}", model.name());
+            }
+        }
+    }
+}

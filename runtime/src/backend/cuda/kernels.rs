@@ -6,7 +6,7 @@ use cudarc::{
     nvrtc::Ptx,
 };
 
-use glmv_codegen::{AttentionKernel, KvDtype};
+use glmv_codegen::{AttentionKernel, KvDtype, RowKernel, RowOp, WeightKind};
 
 use super::device_err;
 use crate::{Error, Result};
@@ -56,6 +56,8 @@ pub struct Kernels<F = CudaFunction> {
     pub moe_combine: F,
     /// Greedy tokens: one block per row of logits.
     pub argmax_rows: F,
+    /// GEMVs and expert rows compiled for the models' reduction widths (glmv-codegen's row kernels).
+    pub rows: Vec<(RowKernel, F)>,
 }
 
 const DTYPE_SUFFIX: [&str; 4] = ["f32", "bf16", "f16", "fp8"];
@@ -115,6 +117,10 @@ impl<F> Kernels<F> {
             moe_down_tc: per_dtype("moe", "moe_down_tc")?,
             moe_combine: f("moe", "moe_combine")?,
             argmax_rows: f("sampling", "argmax_rows")?,
+            rows: glmv_codegen::row_kernels()
+                .into_iter()
+                .map(|k| Ok((k, f("rows_specialised", &k.symbol())?)))
+                .collect::<Result<_>>()?,
         })
     }
 }
@@ -129,5 +135,16 @@ impl Kernels {
             .find(|(have, _)| *have == want)
             .expect("load() loads the generic kernels and every specialised one, which is all for_shape can name");
         kernel
+    }
+
+    /// The row kernel compiled for this operation, weight dtype and reduction width, if any (else the generic one).
+    pub fn row_kernel(&self, op: RowOp, dtype: WeightDtype, width: usize) -> Option<&CudaFunction> {
+        let weight = match dtype {
+            WeightDtype::Bf16 => WeightKind::Bf16,
+            WeightDtype::Fp8 => WeightKind::Fp8,
+            WeightDtype::F32 | WeightDtype::F16 => return None,
+        };
+        let want = RowKernel::for_shape(op, weight, u32::try_from(width).ok()?)?;
+        self.rows.iter().find(|(k, _)| *k == want).map(|(_, f)| f)
     }
 }

@@ -1,5 +1,6 @@
 //! Weights on the device and the layers built from them: linear (GEMM/GEMV over stored dtypes), SwiGLU MLP, MoE.
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
+use glmv_codegen::RowOp;
 
 use super::{device_err, kernels::WeightDtype, CudaBackend, CudaTensor};
 use crate::{
@@ -146,8 +147,13 @@ impl CudaLinear {
             let yp = be.ptr(&y.buf) + (p.offset * 4) as u64;
             let (f, cfg) = if x.rows <= GEMV_MAX_ROWS {
                 let blocks = (p.rows * 32).div_ceil(256) as u32;
-                let kernels = if p.vector_loads(self.in_features) { &be.k.gemv_vec } else { &be.k.gemv };
-                (&kernels[p.dtype as usize], LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) })
+                let f = if p.vector_loads(self.in_features) {
+                    let specialised = be.k.row_kernel(RowOp::Gemv, p.dtype, self.in_features);
+                    specialised.unwrap_or(&be.k.gemv_vec[p.dtype as usize])
+                } else {
+                    &be.k.gemv[p.dtype as usize]
+                };
+                (f, LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) })
             } else {
                 let grid = (p.rows.div_ceil(TC_TILE) as u32, x.rows.div_ceil(TC_TILE) as u32, 1);
                 let cfg = LaunchConfig { grid_dim: grid, block_dim: (TC_THREADS, 1, 1), shared_mem_bytes: 0 };
@@ -491,7 +497,8 @@ impl CudaExperts {
         let (xp, ip, gp) = (be.ptr(&x.buf), be.ptr(ids), be.ptr(&gu.buf));
         let (k, pn, h, i) = (top_k as i32, pairs as i32, t.hidden as i32, t.inter as i32);
         let (gate, up, down) = (t.arg(be, 0), t.arg(be, 1), t.arg(be, 2));
-        let mut b = be.stream.launch_builder(&be.k.moe_gate_up[t.dtype as usize]);
+        let gate_up_kernel = be.k.row_kernel(RowOp::ExpertGateUp, t.dtype, t.hidden);
+        let mut b = be.stream.launch_builder(gate_up_kernel.unwrap_or(&be.k.moe_gate_up[t.dtype as usize]));
         b.arg(&xp).arg(&ip).arg(&k).arg(&pn).arg(&h).arg(&i).arg(&gate).arg(&up).arg(&gp);
         let cfg = LaunchConfig { grid_dim: ((2 * t.inter).div_ceil(8) as u32, pairs as u32, 1), ..be.launch_rows(1) };
         // SAFETY: matches kernels-cuda/moe.cu moe_gate_up_*; expert ids come from moe_route (< n_experts).
@@ -504,7 +511,8 @@ impl CudaExperts {
         // SAFETY: matches kernels-cuda/elementwise.cu swiglu.
         unsafe { b.launch(LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) }) }.map_err(device_err)?;
         let (wp, yp, tn) = (be.ptr(weights), be.ptr(&y.buf), tokens as i32);
-        let mut b = be.stream.launch_builder(&be.k.moe_down[t.dtype as usize]);
+        let down_kernel = be.k.row_kernel(RowOp::ExpertDown, t.dtype, t.inter);
+        let mut b = be.stream.launch_builder(down_kernel.unwrap_or(&be.k.moe_down[t.dtype as usize]));
         b.arg(&hp).arg(&ip).arg(&wp).arg(&k).arg(&tn).arg(&h).arg(&i).arg(&down).arg(&yp);
         let cfg = LaunchConfig { grid_dim: (t.hidden.div_ceil(8) as u32, tokens as u32, 1), ..be.launch_rows(1) };
         // SAFETY: matches kernels-cuda/moe.cu moe_down_*; y is [tokens, hidden].
