@@ -9,8 +9,10 @@ cargo build -p glmv-runtime --no-default-features
 GLMV_NVCC=$(bash scripts/install-cuda-toolchain.sh)
 export GLMV_NVCC
 cargo build --features cuda --tests
-# ... and the GEMMs for many rows must be tensor-core code (cuobjdump on the embedded sm_90a objects, no GPU needed).
+# ... and the GEMMs for many rows must be tensor-core code, every function the backend loads must be built
+# (cuobjdump on the embedded code objects, no GPU needed); the backend's host-side logic is unit-tested.
 cargo test --features cuda --test cuda_sass
+cargo test -p glmv-runtime --features cuda --lib backend::cuda
 # tests/openai_client.rs drives the server with the official OpenAI Python client and curl.
 GLMV_OPENAI_PYTHON=$(bash scripts/openai-client/install.sh)
 export GLMV_OPENAI_PYTHON

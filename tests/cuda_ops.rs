@@ -175,7 +175,7 @@ fn elementwise_ops_match_cpu() {
     }
 }
 
-/// Prefill in chunks then decode steps, two sequences per batch, scrambled block tables, 3D positions.
+/// Prefill in chunks and decode steps, two sequences per batch, scrambled block tables, 3D positions.
 fn attention_out<B: Backend>(
     b: &B,
     shape: &AttentionShape,
@@ -194,7 +194,8 @@ fn attention_out<B: Backend>(
         dtype,
     };
     let mut cache = b.kv_cache(&spec).unwrap();
-    let tables = [vec![7u32, 3, 60, 12, 9, 33, 1, 2], vec![40u32, 41, 0, 5, 6, 20, 21, 22]];
+    let tables =
+        [vec![7u32, 3, 60, 12, 9, 33, 1, 2, 50, 51, 13, 14], vec![40u32, 41, 0, 5, 6, 20, 21, 22, 8, 63, 4, 30]];
     let mut out = Vec::new();
     let mut done = 0;
     for &len in chunks {
@@ -237,7 +238,9 @@ fn paged_attention_matches_cpu() {
             axis: section.iter().enumerate().flat_map(|(k, &n)| std::iter::repeat_n(k as u8, n)).collect(),
         };
         let mut rng = Rng::new(d as u64 + heads as u64);
-        let chunks = [37, 20, 1, 1, 1];
+        // Prefill chunks of 16 rows or more run the tensor-core kernel (BF16 KV, head_dim 128): 37 rows over one key
+        // tile, then 70 rows (two row tiles) over three key tiles (64 + 64 + 3) behind a context of 60.
+        let chunks = [37, 20, 1, 1, 1, 70, 1];
         let total: usize = chunks.iter().sum::<usize>() + 1;
         let qkv = rng.vec(total * (shape.q_width() + 2 * shape.kv_width()), 1.0);
         // The same rounding on both sides, so FP8 and BF16 caches agree as closely as f32 ones.

@@ -1,6 +1,6 @@
 //! The kernels embedded in a `--features cuda` build use tensor cores where the issue asks for them: the sm_90a code
 //! object of every GEMM used for more than a few rows (prefill, vision, and the grouped expert GEMMs of MoE layers)
-//! holds HMMA instructions. Reads the fatbins this binary embeds with `cuobjdump` from the PyPI CUDA toolchain
+//! and of the prefill attention kernel holds HMMA instructions. Reads the fatbins this binary embeds with `cuobjdump` from the PyPI CUDA toolchain
 //! (scripts/install-cuda-toolchain.sh, which scripts/test.sh runs); no GPU is needed.
 #![cfg(feature = "cuda")]
 
@@ -72,6 +72,12 @@ fn grouped_expert_gemms_use_tensor_cores_on_sm90a() {
     let names: Vec<String> =
         DTYPES.iter().flat_map(|d| [format!("moe_gate_up_tc_{d}"), format!("moe_down_tc_{d}")]).collect();
     assert_tensor_cores("moe", &names);
+}
+
+/// Attention over prefill chunks.
+#[test]
+fn prefill_attention_uses_tensor_cores_on_sm90a() {
+    assert_tensor_cores("attention_tc", &["attention_tc_bf16_d128".to_string()]);
 }
 
 /// Every attention kernel glmv-codegen lists is built for both architectures: the backend looks each up by name

@@ -208,6 +208,30 @@ impl CudaBackend {
             Some((t, o, bs)) => (Some(self.upload_slice(t)?), Some(self.upload_slice(o)?), bs as i32),
             None => (None, None, 1),
         };
+        let (heads, kv_heads, ks, vs) =
+            (shape.num_heads as i32, shape.num_kv_heads as i32, k_stride as i32, v_stride as i32);
+        let (qp, bp, cp, outp) = (self.ptr(&q.buf), self.ptr(&begin), self.ptr(&count), self.ptr(&out.buf));
+        let tp = table.as_ref().map_or(0, |t| self.ptr(t));
+        let op = offsets.as_ref().map_or(0, |t| self.ptr(t));
+        let tiles = query_tiles(key_begin, paging.map(|(_, o, _)| o));
+        let prefill_sized = tiles.iter().any(|&(_, rows)| rows >= PREFILL_TILE_MIN_ROWS);
+        if prefill_sized && kv.dtype == KvDtype::Bf16 && shape.head_dim == 128 {
+            let (row0, rows): (Vec<u32>, Vec<u32>) = tiles.into_iter().unzip();
+            let (row0, rows) = (self.upload_slice(&row0)?, self.upload_slice(&rows)?);
+            let (r0p, rnp) = (self.ptr(&row0), self.ptr(&rows));
+            let mut b = self.stream.launch_builder(&self.k.attention_tc_bf16_d128);
+            b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&shape.scale).arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs);
+            b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&r0p).arg(&rnp).arg(&outp);
+            let cfg = LaunchConfig {
+                grid_dim: (row0.len() as u32, shape.num_heads as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches kernels-cuda/attention_tc.cu; BF16 cache rows of kv_heads x 128 values (16-byte
+            // aligned), every tile's rows share one sequence (query_tiles), key indices checked by the callers.
+            unsafe { b.launch(cfg) }.map_err(device_err)?;
+            return Ok(out);
+        }
         let d = shape.head_dim;
         if d > MAX_HEAD_DIM {
             return Err(Error::InvalidInput(format!(
@@ -219,16 +243,7 @@ impl CudaBackend {
             block_dim: (32 * ATTENTION_WARPS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (heads, kv_heads, di) = (shape.num_heads as i32, shape.num_kv_heads as i32, d as i32);
-        let (ks, vs) = (k_stride as i32, v_stride as i32);
-        let ptrs = [
-            self.ptr(&q.buf),
-            self.ptr(&begin),
-            self.ptr(&count),
-            table.as_ref().map_or(0, |t| self.ptr(t)),
-            offsets.as_ref().map_or(0, |t| self.ptr(t)),
-            self.ptr(&out.buf),
-        ];
+        let di = d as i32;
         let kernel_kv = match kv.dtype {
             KvDtype::F32 => glmv_codegen::KvDtype::F32,
             KvDtype::Bf16 => glmv_codegen::KvDtype::Bf16,
@@ -236,14 +251,36 @@ impl CudaBackend {
         };
         let kernel = self.k.attention_for(kernel_kv, shape.num_heads, shape.num_kv_heads, d);
         let mut b = self.stream.launch_builder(kernel);
-        b.arg(&ptrs[0]).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale);
+        b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale);
         b.arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs).arg(&kv.k_scale).arg(&kv.v_scale);
-        b.arg(&ptrs[1]).arg(&ptrs[2]).arg(&ptrs[3]).arg(&ptrs[4]).arg(&block_size).arg(&ptrs[5]);
+        b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&outp);
         // SAFETY: argument list matches kernels-cuda/attention.cuh ATTENTION_KERNEL; every key index is inside k and v
         // (checked by the callers).
         unsafe { b.launch(cfg) }.map_err(device_err)?;
         Ok(out)
     }
+}
+
+/// Query rows per tile of the tensor-core attention kernel (FA_ROWS in kernels-cuda/attention_tc.cu), and the rows a
+/// sequence needs in one step before attention runs on tensor cores (prefill chunks; decode rows take the generic
+/// kernel).
+const PREFILL_TILE_ROWS: usize = 64;
+const PREFILL_TILE_MIN_ROWS: u32 = 16;
+
+/// Tiles (first row, rows) of at most PREFILL_TILE_ROWS consecutive rows that share their keys' source: the same
+/// block table (paged) or the same first key (contiguous segments).
+fn query_tiles(key_begin: &[u32], table_offset: Option<&[u32]>) -> Vec<(u32, u32)> {
+    let source = |r: usize| table_offset.map_or(key_begin[r], |o| o[r]);
+    let mut tiles: Vec<(u32, u32)> = Vec::new();
+    for r in 0..key_begin.len() {
+        match tiles.last_mut() {
+            Some((first, rows)) if (*rows as usize) < PREFILL_TILE_ROWS && source(*first as usize) == source(r) => {
+                *rows += 1
+            }
+            _ => tiles.push((r as u32, 1)),
+        }
+    }
+    tiles
 }
 
 fn check_width(x: &CudaTensor, w: &CudaSlice<f32>) -> Result<()> {
@@ -563,5 +600,23 @@ impl CudaBackend {
         // SAFETY: matches kernels-cuda/elementwise.cu scatter_rows; indices checked by callers.
         unsafe { b.launch(self.launch_rows(idx.len())) }.map_err(device_err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_tiles_split_sequences_and_long_runs() {
+        // Paged: three sequences (block tables at 0, 5, 9) of 70, 1 and 3 rows; rows of one sequence share a tile,
+        // at most 64 per tile.
+        let offsets: Vec<u32> = [(0u32, 70usize), (5, 1), (9, 3)].iter().flat_map(|&(o, n)| vec![o; n]).collect();
+        let begin = vec![0u32; offsets.len()];
+        assert_eq!(query_tiles(&begin, Some(&offsets)), [(0, 64), (64, 6), (70, 1), (71, 3)]);
+        // Contiguous segments: two images of 20 and 130 patches starting at rows 0 and 20.
+        let begin: Vec<u32> = [(0u32, 20usize), (20, 130)].iter().flat_map(|&(b, n)| vec![b; n]).collect();
+        assert_eq!(query_tiles(&begin, None), [(0, 20), (20, 64), (84, 64), (148, 2)]);
+        assert!(query_tiles(&[], None).is_empty());
     }
 }
