@@ -238,7 +238,7 @@ fn paged_attention_matches_cpu() {
             axis: section.iter().enumerate().flat_map(|(k, &n)| std::iter::repeat_n(k as u8, n)).collect(),
         };
         let mut rng = Rng::new(d as u64 + heads as u64);
-        // Prefill chunks of 16 rows or more run the tensor-core kernel (BF16 KV, head_dim 128): 37 rows over one key
+        // Prefill chunks of 16 rows or more run the tensor-core kernel (BF16/FP8 KV, head_dim 128): 37 rows over one key
         // tile, then 70 rows (two row tiles) over three key tiles (64 + 64 + 3) behind a context of 60.
         let chunks = [37, 20, 1, 1, 1, 70, 1];
         let total: usize = chunks.iter().sum::<usize>() + 1;
@@ -267,11 +267,13 @@ fn segment_attention_matches_cpu() {
         inv_freq: inv.iter().chain(&inv).copied().collect(),
         axis: std::iter::repeat_n(1u8, 32).chain(std::iter::repeat_n(2u8, 32)).collect(),
     };
-    let rows = 64 + 144;
+    // Segments of 64, 144 and 5 patches: the tensor-core kernel (f32 keys and values in steps of 32) takes tiles
+    // of 64, 64 + 64 + 16 and 5 rows.
+    let rows = 64 + 144 + 5;
     let mut rng = Rng::new(5);
     let qkv = rng.vec(rows * 3 * heads * d, 1.0);
     let positions: Vec<[u32; 3]> = (0..rows).map(|r| [0, (r / 8) as u32 % 12, (r % 8) as u32]).collect();
-    let segments = [0..64, 64..rows];
+    let segments = [0..64, 64..208, 208..rows];
     let run = |b: &dyn Fn(&[f32]) -> Vec<f32>| b(&qkv);
     let gpu_out = run(&|q| {
         let x = gpu.upload(rows, 3 * heads * d, q).unwrap();

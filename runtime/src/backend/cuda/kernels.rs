@@ -45,8 +45,11 @@ pub struct Kernels<F = CudaFunction> {
     /// Every attention kernel by what glmv-codegen calls it: the generic ones (kernels-cuda/attention.cu) and those
     /// compiled for the head shapes of the models glmv serves.
     pub attention: Vec<(AttentionKernel, F)>,
-    /// Tensor-core attention over 64-row tiles of prefill chunks (BF16 KV, head_dim 128).
+    /// Tensor-core attention over 64-row tiles of prefill chunks and vision segments (head_dim 128), for BF16, FP8
+    /// and f32 keys and values.
     pub attention_tc_bf16_d128: F,
+    pub attention_tc_fp8_d128: F,
+    pub attention_tc_f32_d128: F,
     pub moe_route: F,
     pub moe_gate_up: [F; 4],
     pub moe_down: [F; 4],
@@ -112,6 +115,8 @@ impl<F> Kernels<F> {
                 .map(|(k, module)| Ok((k, f(module, &k.symbol())?)))
                 .collect::<Result<_>>()?,
             attention_tc_bf16_d128: f("attention_tc", "attention_tc_bf16_d128")?,
+            attention_tc_fp8_d128: f("attention_tc", "attention_tc_fp8_d128")?,
+            attention_tc_f32_d128: f("attention_tc", "attention_tc_f32_d128")?,
             moe_route: f("moe", "moe_route")?,
             moe_gate_up: per_dtype("moe", "moe_gate_up")?,
             moe_down: per_dtype("moe", "moe_down")?,

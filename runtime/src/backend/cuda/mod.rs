@@ -215,20 +215,31 @@ impl CudaBackend {
         let op = offsets.as_ref().map_or(0, |t| self.ptr(t));
         let tiles = query_tiles(key_begin, paging.map(|(_, o, _)| o));
         let prefill_sized = tiles.iter().any(|&(_, rows)| rows >= PREFILL_TILE_MIN_ROWS);
-        if prefill_sized && kv.dtype == KvDtype::Bf16 && shape.head_dim == 128 {
+        let tensor_core_kernel = match kv.dtype {
+            KvDtype::Bf16 => &self.k.attention_tc_bf16_d128,
+            KvDtype::Fp8E4m3 => &self.k.attention_tc_fp8_d128,
+            KvDtype::F32 => &self.k.attention_tc_f32_d128,
+        };
+        // It reads 8 values of a head at a time: rows must start at multiples of 8 values of 16-byte aligned bases.
+        let aligned = [kv.k, kv.v].iter().all(|p| p.is_multiple_of(16))
+            && [k_stride, v_stride].iter().all(|s| s.is_multiple_of(8));
+        if prefill_sized && shape.head_dim == 128 && aligned {
+            let kernel = tensor_core_kernel;
             let (row0, rows): (Vec<u32>, Vec<u32>) = tiles.into_iter().unzip();
             let (row0, rows) = (self.upload_slice(&row0)?, self.upload_slice(&rows)?);
             let (r0p, rnp) = (self.ptr(&row0), self.ptr(&rows));
-            let mut b = self.stream.launch_builder(&self.k.attention_tc_bf16_d128);
+            let mut b = self.stream.launch_builder(kernel);
             b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&shape.scale).arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs);
+            b.arg(&kv.k_scale).arg(&kv.v_scale);
             b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&r0p).arg(&rnp).arg(&outp);
             let cfg = LaunchConfig {
                 grid_dim: (row0.len() as u32, shape.num_heads as u32, 1),
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: matches kernels-cuda/attention_tc.cu; BF16 cache rows of kv_heads x 128 values (16-byte
-            // aligned), every tile's rows share one sequence (query_tiles), key indices checked by the callers.
+            // SAFETY: matches kernels-cuda/attention_tc.cu ATTENTION_TC_KERNEL; cache rows of kv_heads x 128 values
+            // (16- or 8-byte aligned), FP8 scales per (slot, kv head), every tile's rows share one sequence
+            // (query_tiles), key indices checked by the callers.
             unsafe { b.launch(cfg) }.map_err(device_err)?;
             return Ok(out);
         }
