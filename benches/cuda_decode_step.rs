@@ -185,6 +185,9 @@ fn main() {
     rows.push(("MoE block FP8, 128 experts top-8 + shared".into(), ms, 9.0 * 3.0 * fp8_bytes(moe_inter, h), 45));
     let ms = time(&be, iters, || drop(be.linear_forward(&x, &lm_head).unwrap()));
     rows.push(("lm_head BF16 4096->151552".into(), ms, (vocab * h * 2) as f64, 1));
+    let logits = be.upload(1, vocab, &(0..vocab).map(|i| (i % 977) as f32 * 1e-3).collect::<Vec<_>>()).unwrap();
+    let ms = time(&be, iters, || drop(be.argmax_rows(&logits).unwrap()));
+    rows.push(("greedy token on the device (argmax of 151552 logits)".into(), ms, (vocab * 4) as f64, 1));
 
     println!("| operation (batch 1) | ms | weight/KV bytes read | achieved GB/s | per decode step |");
     println!("|---|---:|---:|---:|---:|");
@@ -194,6 +197,72 @@ fn main() {
         step += ms * *count as f64;
     }
     println!("\nestimated decode step (sum of the above x count, context 1024): {step:.1} ms");
-    println!("bandwidth floor (13.46 GB of FP8 weights per token at 3.35 TB/s, reference/performance.md): 4.0 ms");
-    println!("ratio to the floor: {:.1}x", step / 4.0);
+    println!("device: {}", be.device_name());
+    // reference/performance.md: 13.46 GB of FP8 weights per token; H100 3.35 TB/s, H200 4.8 TB/s.
+    for (gpu, floor) in [("H100", 4.0), ("H200", 2.84)] {
+        println!("bandwidth floor on an {gpu}: {floor} ms per token; ratio {:.1}x", step / floor);
+    }
+    prefill_chunk(&be, &qkv, &o_proj, &dense, &moe, &shape, &rope);
+}
+
+/// One 1024-token prefill chunk of the same layer, operation by operation (tensor-core GEMMs, the grouped expert
+/// GEMMs, tensor-core attention), with the FLOP rate each achieves: where a 1K prompt's TTFT goes.
+#[allow(clippy::too_many_arguments)]
+fn prefill_chunk(
+    be: &CudaBackend,
+    qkv: &glmv_runtime::backend::cuda::CudaLinear,
+    o_proj: &glmv_runtime::backend::cuda::CudaLinear,
+    dense: &glmv_runtime::backend::cuda::CudaMlp,
+    moe: &glmv_runtime::backend::cuda::CudaExperts,
+    shape: &AttentionShape,
+    rope: &Rope,
+) {
+    let (t, h, heads, kv, d, inter, moe_inter) = (1024usize, 4096usize, 96usize, 8usize, 128usize, 10944, 1408);
+    let iters = 5;
+    let x = be.upload(t, h, &(0..t * h).map(|i| ((i % 61) as f32 - 30.0) * 1e-2).collect::<Vec<_>>()).unwrap();
+    let a_in = be.upload(t, heads * d, &vec![0.05; t * heads * d]).unwrap();
+    let spec = glmv_runtime::backend::KvCacheSpec {
+        num_layers: 1,
+        num_blocks: t / 16,
+        block_size: 16,
+        num_kv_heads: kv,
+        head_dim: d,
+        dtype: glmv_runtime::backend::KvDtype::Bf16,
+    };
+    let mut cache = be.kv_cache(&spec).unwrap();
+    let qkv_x = be.upload(t, (heads + 2 * kv) * d, &vec![0.1; t * (heads + 2 * kv) * d]).unwrap();
+    let batch = ForwardBatch {
+        seqs: vec![SeqSpan { rows: 0..t, context_len: 0, block_table: (0..spec.num_blocks as u32).collect() }],
+        positions: (0..t).map(|p| [p as u32; 3]).collect(),
+    };
+    let gemm = |o: usize, i: usize| 2.0 * (t * o * i) as f64;
+    let rows: Vec<(&str, f64, f64)> = vec![
+        (
+            "qkv projection FP8 4096->14336",
+            time(be, iters, || drop(be.linear_forward(&x, qkv).unwrap())),
+            gemm(14336, h),
+        ),
+        (
+            "causal attention 96:8 d128 over the chunk",
+            time(be, iters, || drop(be.attention(&qkv_x, shape, rope, &batch, &mut cache, 0).unwrap())),
+            // QK^T and PV over the causal half: 2 x 2 x t^2 / 2 x d per head.
+            2.0 * (t * t * d * heads) as f64,
+        ),
+        (
+            "o_proj FP8 12288->4096",
+            time(be, iters, || drop(be.linear_forward(&a_in, o_proj).unwrap())),
+            gemm(h, heads * d),
+        ),
+        ("dense MLP FP8 (layer 0)", time(be, iters, || drop(be.mlp_forward(&x, dense).unwrap())), 3.0 * gemm(inter, h)),
+        (
+            "MoE block FP8, 128 experts top-8 + shared (grouped GEMMs)",
+            time(be, iters, || drop(be.moe_forward(&x, moe).unwrap())),
+            9.0 * 3.0 * gemm(moe_inter, h),
+        ),
+    ];
+    println!("\n| operation (prefill chunk of {t} tokens) | ms | TFLOP/s |");
+    println!("|---|---:|---:|");
+    for (op, ms, flops) in rows {
+        println!("| {op} | {ms:.2} | {:.1} |", flops / (ms * 1e-3) / 1e12);
+    }
 }
