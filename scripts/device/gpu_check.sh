@@ -6,7 +6,8 @@
 # 1. parity of every operation and of whole fixture models against the CPU backend (tests/cuda_ops.rs,
 #    tests/cuda_model.rs; real GLM-4.5V / GLM-4.1V / vision shapes and odd ones, and the decoder layers of both
 #    families at real shapes with dummy weights);
-# 2. per-operation timings of one GLM-4.5V-FP8 decode step (benches/cuda_decode_step.rs);
+# 2. per-operation timings of one GLM-4.5V-FP8 decode step and of a 1024-token prefill chunk
+#    (benches/cuda_decode_step.rs);
 # 3. `glmv serve --load-format dummy` at GLM-4.5V-FP8's real shapes (checkpoint directory from `glmv config
 #    --write-dummy-checkpoint`) answering `glmv bench` 1K/1K at concurrency 1 and 16.
 # Every step's output goes to $OUT (at most 8 files come back); a failing step does not stop the next ones.
@@ -34,7 +35,7 @@ head -n 12 "$OUT/nvidia-smi.txt"
 if [ "$WHAT" = parity ]; then
   step cuda_ops 150 "$BIN/cuda_ops" --test-threads 1 --nocapture
   step cuda_model 200 "$BIN/cuda_model" --test-threads 1 --nocapture
-  step decode_step 45 "$BIN/cuda_decode_step" --bench
+  step decode_step 60 "$BIN/cuda_decode_step" --bench
   echo "done in ${SECONDS}s"
   exit 0
 fi
