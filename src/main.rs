@@ -181,6 +181,11 @@ pub(crate) fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::er
         match glmv_runtime::backend::cuda::CudaBackend::new(0) {
             Ok(b) => {
                 eprintln!("[glmv] using CUDA device 0: {}", b.device_name());
+                let generic = b.kernel_paths().generic();
+                if !generic.is_empty() {
+                    let env = glmv_runtime::backend::cuda::GENERIC_ENV;
+                    eprintln!("[glmv] {env}: generic CUDA kernels instead of {}", generic.join(", "));
+                }
                 return Ok(AnyBackend::Cuda(Box::new(b)));
             }
             Err(e) if device == Device::Cuda => return Err(e.into()),

@@ -145,6 +145,14 @@ impl Kernels {
         kernel
     }
 
+    /// The generic attention kernel for this KV dtype (any head shape).
+    pub fn attention_generic(&self, kv: KvDtype) -> &CudaFunction {
+        let want = AttentionKernel { kv, head_dim: None, group: None };
+        let (_, kernel) =
+            self.attention.iter().find(|(have, _)| *have == want).expect("load() loads the generic kernels");
+        kernel
+    }
+
     /// The row kernel compiled for this operation, weight dtype and reduction width, if any (else the generic one).
     pub fn row_kernel(&self, op: RowOp, dtype: WeightDtype, width: usize) -> Option<&CudaFunction> {
         let weight = match dtype {

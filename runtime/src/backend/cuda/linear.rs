@@ -148,7 +148,7 @@ impl CudaLinear {
             let (f, cfg) = if x.rows <= GEMV_MAX_ROWS {
                 let blocks = (p.rows * 32).div_ceil(256) as u32;
                 let f = if p.vector_loads(self.in_features) {
-                    let specialised = be.k.row_kernel(RowOp::Gemv, p.dtype, self.in_features);
+                    let specialised = be.row_kernel(RowOp::Gemv, p.dtype, self.in_features);
                     specialised.unwrap_or(&be.k.gemv_vec[p.dtype as usize])
                 } else {
                     &be.k.gemv[p.dtype as usize]
@@ -399,13 +399,15 @@ impl CudaExperts {
         if let Some(t) = self.fused.as_ref().filter(|_| pairs > 0) {
             if pairs <= FUSED_MAX_PAIRS {
                 self.fused_experts(be, t, x, &ids, &weights, &mut y)?;
-            } else {
-                self.grouped_experts(be, t, x, &ids, &weights, &mut y)?;
+                return Ok(y);
             }
-            return Ok(y);
+            if be.paths.grouped_moe {
+                self.grouped_experts(be, t, x, &ids, &weights, &mut y)?;
+                return Ok(y);
+            }
         }
-        // Experts whose weights do not fit the device tables: dispatch planned on the host, each expert a GEMM over
-        // its rows.
+        // Experts whose weights do not fit the device tables (or grouped-moe switched off): dispatch planned on the
+        // host, each expert a GEMM over its rows.
         let ids = be.stream.clone_dtoh(&ids).map_err(device_err)?;
         let weights = be.stream.clone_dtoh(&weights).map_err(device_err)?;
         let mut rows: Vec<Vec<u32>> = vec![Vec::new(); self.experts.len()];
@@ -497,7 +499,7 @@ impl CudaExperts {
         let (xp, ip, gp) = (be.ptr(&x.buf), be.ptr(ids), be.ptr(&gu.buf));
         let (k, pn, h, i) = (top_k as i32, pairs as i32, t.hidden as i32, t.inter as i32);
         let (gate, up, down) = (t.arg(be, 0), t.arg(be, 1), t.arg(be, 2));
-        let gate_up_kernel = be.k.row_kernel(RowOp::ExpertGateUp, t.dtype, t.hidden);
+        let gate_up_kernel = be.row_kernel(RowOp::ExpertGateUp, t.dtype, t.hidden);
         let mut b = be.stream.launch_builder(gate_up_kernel.unwrap_or(&be.k.moe_gate_up[t.dtype as usize]));
         b.arg(&xp).arg(&ip).arg(&k).arg(&pn).arg(&h).arg(&i).arg(&gate).arg(&up).arg(&gp);
         let cfg = LaunchConfig { grid_dim: ((2 * t.inter).div_ceil(8) as u32, pairs as u32, 1), ..be.launch_rows(1) };
@@ -511,7 +513,7 @@ impl CudaExperts {
         // SAFETY: matches kernels-cuda/elementwise.cu swiglu.
         unsafe { b.launch(LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) }) }.map_err(device_err)?;
         let (wp, yp, tn) = (be.ptr(weights), be.ptr(&y.buf), tokens as i32);
-        let down_kernel = be.k.row_kernel(RowOp::ExpertDown, t.dtype, t.inter);
+        let down_kernel = be.row_kernel(RowOp::ExpertDown, t.dtype, t.inter);
         let mut b = be.stream.launch_builder(down_kernel.unwrap_or(&be.k.moe_down[t.dtype as usize]));
         b.arg(&hp).arg(&ip).arg(&wp).arg(&k).arg(&tn).arg(&h).arg(&i).arg(&down).arg(&yp);
         let cfg = LaunchConfig { grid_dim: (t.hidden.div_ceil(8) as u32, tokens as u32, 1), ..be.launch_rows(1) };

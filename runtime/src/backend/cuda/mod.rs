@@ -5,12 +5,15 @@
 //! per-channel or block scales) and converted in the GEMM; SIMT kernels; MoE routing on the device with expert
 //! dispatch planned on the host. Its job is to be correct against the CPU backend; speed comes after.
 mod kernels;
+mod paths;
+use kernels::WeightDtype;
 pub use kernels::{Kernels, KERNEL_IMAGES};
+pub use paths::{KernelPaths, GENERIC_ENV};
 mod linear;
 
 use std::{ops::Range, sync::Arc};
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 
 pub use linear::{CudaExperts, CudaLinear, CudaMlp};
 
@@ -65,6 +68,7 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     k: Kernels,
+    paths: KernelPaths,
     /// Fill every fresh activation with NaN, so that a kernel that leaves part of its output unwritten fails the
     /// parity tests instead of passing on leftover memory.
     poison: bool,
@@ -86,8 +90,14 @@ struct RopeArg {
 unsafe impl cudarc::driver::DeviceRepr for RopeArg {}
 
 impl CudaBackend {
-    /// Opens device `ordinal`. Fails (never panics) when there is no driver, no device, or no kernels built in.
+    /// Opens device `ordinal` with the kernel families `GLMV_CUDA_GENERIC` leaves on. Fails (never panics) when there
+    /// is no driver, no device, no kernels built in, or the variable names an unknown family.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_paths(ordinal, KernelPaths::from_env()?)
+    }
+
+    /// Opens device `ordinal` using these kernel families.
+    pub fn with_paths(ordinal: usize, paths: KernelPaths) -> Result<Self> {
         // SAFETY: only probes whether libcuda can be loaded.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(Error::Device("no CUDA driver (libcuda.so) on this machine".into()));
@@ -98,12 +108,17 @@ impl CudaBackend {
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let k = Kernels::load(&ctx)?;
-        Ok(CudaBackend { ctx, stream, k, poison: false })
+        Ok(CudaBackend { ctx, stream, k, paths, poison: false })
     }
 
     /// A backend whose fresh activations are NaN-filled (for tests).
     pub fn new_poisoned(ordinal: usize) -> Result<Self> {
         Ok(CudaBackend { poison: true, ..Self::new(ordinal)? })
+    }
+
+    /// The kernel families in use.
+    pub fn kernel_paths(&self) -> KernelPaths {
+        self.paths
     }
 
     pub fn device_name(&self) -> String {
@@ -112,6 +127,11 @@ impl CudaBackend {
 
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(device_err)
+    }
+
+    /// The specialised row kernel for this operation, dtype and width, when built and not switched off.
+    fn row_kernel(&self, op: glmv_codegen::RowOp, dtype: WeightDtype, width: usize) -> Option<&CudaFunction> {
+        self.k.row_kernel(op, dtype, width).filter(|_| self.paths.row_kernels)
     }
 
     fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
@@ -223,7 +243,7 @@ impl CudaBackend {
         // It reads 8 values of a head at a time: rows must start at multiples of 8 values of 16-byte aligned bases.
         let aligned = [kv.k, kv.v].iter().all(|p| p.is_multiple_of(16))
             && [k_stride, v_stride].iter().all(|s| s.is_multiple_of(8));
-        if prefill_sized && shape.head_dim == 128 && aligned {
+        if self.paths.prefill_attention && prefill_sized && shape.head_dim == 128 && aligned {
             let kernel = tensor_core_kernel;
             let (row0, rows): (Vec<u32>, Vec<u32>) = tiles.into_iter().unzip();
             let (row0, rows) = (self.upload_slice(&row0)?, self.upload_slice(&rows)?);
@@ -260,7 +280,11 @@ impl CudaBackend {
             KvDtype::Bf16 => glmv_codegen::KvDtype::Bf16,
             KvDtype::Fp8E4m3 => glmv_codegen::KvDtype::Fp8,
         };
-        let kernel = self.k.attention_for(kernel_kv, shape.num_heads, shape.num_kv_heads, d);
+        let kernel = if self.paths.specialised_attention {
+            self.k.attention_for(kernel_kv, shape.num_heads, shape.num_kv_heads, d)
+        } else {
+            self.k.attention_generic(kernel_kv)
+        };
         let mut b = self.stream.launch_builder(kernel);
         b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale);
         b.arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs).arg(&kv.k_scale).arg(&kv.v_scale);
@@ -569,6 +593,10 @@ impl Backend for CudaBackend {
     fn argmax_rows(&self, x: &CudaTensor) -> Result<Vec<u32>> {
         if x.rows == 0 {
             return Ok(Vec::new());
+        }
+        if !self.paths.device_argmax {
+            let host = self.to_host(x)?;
+            return Ok(host.chunks(x.cols).map(crate::engine::sampler::argmax).collect());
         }
         let out = self.stream.alloc_zeros::<u32>(x.rows).map_err(device_err)?;
         let (xp, cols, op) = (self.ptr(&x.buf), x.cols as i32, self.ptr(&out));

@@ -1,0 +1,104 @@
+//! Which kernel families the CUDA backend uses where a generic kernel could do the same work. Each can be switched
+//! back to the generic kernels with `GLMV_CUDA_GENERIC=name,name,...` (or `all`): how a GPU session finds which
+//! family a parity failure comes from, and still serves and benchmarks with the ones that work. All are on by
+//! default.
+use crate::{Error, Result};
+
+/// The environment variable naming the families to switch off.
+pub const GENERIC_ENV: &str = "GLMV_CUDA_GENERIC";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelPaths {
+    /// Attention compiled for the models' head shapes (glmv-codegen's attention kernels).
+    pub specialised_attention: bool,
+    /// Tensor-core attention over prefill chunks and vision segments (kernels-cuda/attention_tc.cu).
+    pub prefill_attention: bool,
+    /// GEMVs and expert rows compiled for the models' reduction widths (glmv-codegen's row kernels).
+    pub row_kernels: bool,
+    /// Grouped tensor-core expert GEMMs for many (token, expert) pairs; off: per-expert GEMMs planned on the host.
+    pub grouped_moe: bool,
+    /// Greedy tokens chosen on the device; off: the logits are copied and the host chooses.
+    pub device_argmax: bool,
+}
+
+impl Default for KernelPaths {
+    fn default() -> Self {
+        KernelPaths {
+            specialised_attention: true,
+            prefill_attention: true,
+            row_kernels: true,
+            grouped_moe: true,
+            device_argmax: true,
+        }
+    }
+}
+
+impl KernelPaths {
+    /// Names as `GENERIC_ENV` takes them.
+    pub const NAMES: [&'static str; 5] =
+        ["specialised-attention", "prefill-attention", "row-kernels", "grouped-moe", "device-argmax"];
+
+    fn flag(&mut self, name: &str) -> Option<&mut bool> {
+        Some(match name {
+            "specialised-attention" => &mut self.specialised_attention,
+            "prefill-attention" => &mut self.prefill_attention,
+            "row-kernels" => &mut self.row_kernels,
+            "grouped-moe" => &mut self.grouped_moe,
+            "device-argmax" => &mut self.device_argmax,
+            _ => return None,
+        })
+    }
+
+    /// Every family on, minus those `value` (a comma-separated list of names, or `all`) switches off.
+    pub fn parse(value: &str) -> Result<Self> {
+        let mut paths = KernelPaths::default();
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if name == "all" {
+                Self::NAMES.iter().for_each(|n| *paths.flag(n).expect("listed") = false);
+                continue;
+            }
+            match paths.flag(name) {
+                Some(on) => *on = false,
+                None => {
+                    return Err(Error::Config(format!(
+                        "{GENERIC_ENV}: unknown kernel family {name:?} (known: all, {})",
+                        Self::NAMES.join(", ")
+                    )))
+                }
+            }
+        }
+        Ok(paths)
+    }
+
+    /// From the environment (every family on when the variable is unset).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(GENERIC_ENV) {
+            Ok(value) => Self::parse(&value),
+            Err(_) => Ok(KernelPaths::default()),
+        }
+    }
+
+    /// The families switched off, by name (empty when all are on).
+    pub fn generic(&self) -> Vec<&'static str> {
+        let mut copy = *self;
+        Self::NAMES.into_iter().filter(|n| !*copy.flag(n).expect("listed")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_switch_off_by_name() {
+        assert_eq!(KernelPaths::parse("").unwrap(), KernelPaths::default());
+        let p = KernelPaths::parse("grouped-moe, prefill-attention").unwrap();
+        assert!(!p.grouped_moe && !p.prefill_attention);
+        assert!(p.specialised_attention && p.row_kernels && p.device_argmax);
+        assert_eq!(p.generic(), ["prefill-attention", "grouped-moe"]);
+        assert_eq!(KernelPaths::parse("all").unwrap().generic(), KernelPaths::NAMES);
+        assert!(KernelPaths::default().generic().is_empty());
+        let e = KernelPaths::parse("grouped_moe").unwrap_err().to_string();
+        assert!(e.contains("unknown kernel family \"grouped_moe\"") && e.contains("grouped-moe"), "{e}");
+    }
+}
