@@ -67,6 +67,25 @@ extern "C" __global__ void rope_qkv(const float* qkv, const uint32_t* positions,
   }
 }
 
+// Merges the splits of attention(..., partial, ...): out[row, h] = sum_z o_z e^(m_z - M) / sum_z l_z e^(m_z - M).
+// One block per (row, head).
+extern "C" __global__ void attention_combine(const float* partial, int heads, int d, int splits, float* out) {
+  size_t row = blockIdx.x;
+  int h = blockIdx.y;
+  const float* p = partial + (row * heads + h) * splits * (d + 2);
+  float big = -INFINITY;
+  for (int z = 0; z < splits; ++z) big = fmaxf(big, p[z * (d + 2)]);
+  float total = 0.0f;
+  for (int z = 0; z < splits; ++z)
+    if (p[z * (d + 2)] != -INFINITY) total += p[z * (d + 2) + 1] * expf(p[z * (d + 2)] - big);
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    float o = 0.0f;
+    for (int z = 0; z < splits; ++z)
+      if (p[z * (d + 2)] != -INFINITY) o += p[z * (d + 2) + 2 + c] * expf(p[z * (d + 2)] - big);
+    out[row * heads * d + h * d + c] = o / total;
+  }
+}
+
 // The generic kernels (any head_dim up to 32 * MAX_DIMS_PER_LANE, any GQA ratio).
 ATTENTION_KERNEL(attention_f32, KV_F32, 0, 0)
 ATTENTION_KERNEL(attention_bf16, KV_BF16, 0, 0)

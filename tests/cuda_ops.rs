@@ -175,7 +175,7 @@ fn elementwise_ops_match_cpu() {
     }
 }
 
-/// Prefill in chunks and decode steps, two sequences per batch, scrambled block tables, 3D positions.
+/// Prefill in chunks and decode steps, one sequence per block table (scrambled), 3D positions.
 fn attention_out<B: Backend>(
     b: &B,
     shape: &AttentionShape,
@@ -183,6 +183,7 @@ fn attention_out<B: Backend>(
     qkv: &[f32],
     chunks: &[usize],
     dtype: KvDtype,
+    tables: &[Vec<u32>],
 ) -> Vec<f32> {
     let width = shape.q_width() + 2 * shape.kv_width();
     let spec = KvCacheSpec {
@@ -194,25 +195,24 @@ fn attention_out<B: Backend>(
         dtype,
     };
     let mut cache = b.kv_cache(&spec).unwrap();
-    let tables =
-        [vec![7u32, 3, 60, 12, 9, 33, 1, 2, 50, 51, 13, 14], vec![40u32, 41, 0, 5, 6, 20, 21, 22, 8, 63, 4, 30]];
+    let seqs = tables.len();
     let mut out = Vec::new();
     let mut done = 0;
     for &len in chunks {
-        // Both sequences advance by `len` tokens; sequence 1 reuses sequence 0's qkv rows shifted by one.
+        // Every sequence advances by `len` tokens; sequence s reuses sequence 0's qkv rows shifted by s.
         let mut rows = Vec::new();
-        for s in 0..2 {
+        for s in 0..seqs {
             rows.extend_from_slice(&qkv[(done + s) * width..(done + s + len) * width]);
         }
         let batch = ForwardBatch {
-            seqs: (0..2)
+            seqs: (0..seqs)
                 .map(|s| SeqSpan { rows: s * len..(s + 1) * len, context_len: done, block_table: tables[s].clone() })
                 .collect(),
-            positions: (0..2)
+            positions: (0..seqs)
                 .flat_map(|_| (done..done + len).map(|p| [p as u32, (p / 3) as u32, (p % 5) as u32]))
                 .collect(),
         };
-        let x = b.upload(2 * len, width, &rows).unwrap();
+        let x = b.upload(seqs * len, width, &rows).unwrap();
         out.extend(b.to_host(&b.attention(&x, shape, rope, &batch, &mut cache, 1).unwrap()).unwrap());
         done += len;
     }
@@ -244,11 +244,42 @@ fn paged_attention_matches_cpu() {
         let total: usize = chunks.iter().sum::<usize>() + 1;
         let qkv = rng.vec(total * (shape.q_width() + 2 * shape.kv_width()), 1.0);
         // The same rounding on both sides, so FP8 and BF16 caches agree as closely as f32 ones.
+        let tables =
+            [vec![7u32, 3, 60, 12, 9, 33, 1, 2, 50, 51, 13, 14], vec![40u32, 41, 0, 5, 6, 20, 21, 22, 8, 63, 4, 30]];
         for dtype in [KvDtype::F32, KvDtype::Bf16, KvDtype::Fp8E4m3] {
             close(
                 &format!("paged attention {heads}:{kv} d{d} {layout:?} {dtype:?} KV"),
-                &attention_out(&gpu, &shape, &rope, &qkv, &chunks, dtype),
-                &attention_out(&CpuBackend, &shape, &rope, &qkv, &chunks, dtype),
+                &attention_out(&gpu, &shape, &rope, &qkv, &chunks, dtype, &tables),
+                &attention_out(&CpuBackend, &shape, &rope, &qkv, &chunks, dtype, &tables),
+                TOL,
+            );
+        }
+    }
+}
+
+/// Decode rows over long contexts split their keys (256 per split) when a step has few (row, head) blocks: one
+/// sequence prefilled with 700 tokens, then 3 decode steps whose 701..703 keys span 3 splits, for each KV dtype.
+#[test]
+fn long_context_decode_matches_cpu() {
+    let Some(gpu) = device() else { return };
+    for (heads, kv, d) in [(96, 8, 128), (6, 3, 48)] {
+        let shape = AttentionShape { num_heads: heads, num_kv_heads: kv, head_dim: d, scale: (d as f32).powf(-0.5) };
+        let rope = Rope {
+            rot_dim: d,
+            layout: RopeLayout::NeoxHalves,
+            inv_freq: (0..d / 2).map(|i| 10000f32.powf(-((2 * i) as f32) / d as f32)).collect(),
+            axis: vec![0; d / 2],
+        };
+        let chunks = [700, 1, 1, 1];
+        let rows: usize = chunks.iter().sum();
+        let qkv = Rng::new(heads as u64).vec(rows * (shape.q_width() + 2 * shape.kv_width()), 1.0);
+        // One sequence over a scrambled table of all 64 blocks of 16.
+        let tables = [(0..64u32).map(|b| (b * 37 + 11) % 64).collect::<Vec<_>>()];
+        for dtype in [KvDtype::F32, KvDtype::Bf16, KvDtype::Fp8E4m3] {
+            close(
+                &format!("long-context attention {heads}:{kv} d{d} {dtype:?} KV"),
+                &attention_out(&gpu, &shape, &rope, &qkv, &chunks, dtype, &tables),
+                &attention_out(&CpuBackend, &shape, &rope, &qkv, &chunks, dtype, &tables),
                 TOL,
             );
         }

@@ -45,6 +45,8 @@ pub struct Kernels<F = CudaFunction> {
     /// Every attention kernel by what glmv-codegen calls it: the generic ones (kernels-cuda/attention.cu) and those
     /// compiled for the head shapes of the models glmv serves.
     pub attention: Vec<(AttentionKernel, F)>,
+    /// Merges the key splits of the attention kernels.
+    pub attention_combine: F,
     /// Tensor-core attention over 64-row tiles of prefill chunks and vision segments (head_dim 128), for BF16, FP8
     /// and f32 keys and values.
     pub attention_tc_bf16_d128: F,
@@ -114,6 +116,7 @@ impl<F> Kernels<F> {
                 .chain(glmv_codegen::attention_kernels().into_iter().map(|k| (k, "attention_specialised")))
                 .map(|(k, module)| Ok((k, f(module, &k.symbol())?)))
                 .collect::<Result<_>>()?,
+            attention_combine: f("attention", "attention_combine")?,
             attention_tc_bf16_d128: f("attention_tc", "attention_tc_bf16_d128")?,
             attention_tc_fp8_d128: f("attention_tc", "attention_tc_fp8_d128")?,
             attention_tc_f32_d128: f("attention_tc", "attention_tc_f32_d128")?,

@@ -269,8 +269,18 @@ impl CudaBackend {
                 "head_dim {d} exceeds the CUDA attention kernel's {MAX_HEAD_DIM}"
             )));
         }
+        // Few (row, head) blocks and long contexts: split the keys, then merge the splits.
+        let longest = key_count.iter().copied().max().unwrap_or(0) as usize;
+        let few_blocks = q.rows * shape.num_heads < SPLIT_BELOW_BLOCKS;
+        let splits = if self.paths.split_keys && few_blocks { longest.div_ceil(KEYS_PER_SPLIT).max(1) } else { 1 };
+        let partial = if splits > 1 {
+            Some(self.stream.alloc_zeros::<f32>(q.rows * shape.num_heads * splits * (d + 2)).map_err(device_err)?)
+        } else {
+            None
+        };
+        let (pp, per_split) = (partial.as_ref().map_or(0, |p| self.ptr(p)), KEYS_PER_SPLIT as i32);
         let cfg = LaunchConfig {
-            grid_dim: (q.rows as u32, shape.num_heads as u32, 1),
+            grid_dim: (q.rows as u32, shape.num_heads as u32, splits as u32),
             block_dim: (32 * ATTENTION_WARPS, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -288,13 +298,27 @@ impl CudaBackend {
         let mut b = self.stream.launch_builder(kernel);
         b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale);
         b.arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs).arg(&kv.k_scale).arg(&kv.v_scale);
-        b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&outp);
+        b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&per_split).arg(&pp).arg(&outp);
         // SAFETY: argument list matches kernels-cuda/attention.cuh ATTENTION_KERNEL; every key index is inside k and v
-        // (checked by the callers).
+        // (checked by the callers); with splits, partial holds (d + 2) floats per (row, head, split).
         unsafe { b.launch(cfg) }.map_err(device_err)?;
+        if splits > 1 {
+            let sn = splits as i32;
+            let mut b = self.stream.launch_builder(&self.k.attention_combine);
+            b.arg(&pp).arg(&heads).arg(&di).arg(&sn).arg(&outp);
+            let cfg = LaunchConfig { grid_dim: (q.rows as u32, shape.num_heads as u32, 1), ..self.launch_rows(1) };
+            // SAFETY: matches kernels-cuda/attention.cu attention_combine over the partial buffer written above.
+            unsafe { b.launch(cfg) }.map_err(device_err)?;
+        }
         Ok(out)
     }
 }
+
+/// Keys per split of the generic attention kernel, and the (row, head) blocks below which it splits them: a batch of
+/// a few decode rows has too few blocks to fill the GPU (GLM-4.5V at batch 1: 96), and each walks its whole
+/// context.
+const KEYS_PER_SPLIT: usize = 256;
+const SPLIT_BELOW_BLOCKS: usize = 1024;
 
 /// Query rows per tile of the tensor-core attention kernel (FA_ROWS in kernels-cuda/attention_tc.cu), and the rows a
 /// sequence needs in one step before attention runs on tensor cores (prefill chunks; decode rows take the generic

@@ -19,6 +19,8 @@ pub struct KernelPaths {
     pub grouped_moe: bool,
     /// Greedy tokens chosen on the device; off: the logits are copied and the host chooses.
     pub device_argmax: bool,
+    /// Keys of long contexts split over several blocks when a step has few (row, head) blocks (flash-decoding).
+    pub split_keys: bool,
 }
 
 impl Default for KernelPaths {
@@ -29,14 +31,15 @@ impl Default for KernelPaths {
             row_kernels: true,
             grouped_moe: true,
             device_argmax: true,
+            split_keys: true,
         }
     }
 }
 
 impl KernelPaths {
     /// Names as `GENERIC_ENV` takes them.
-    pub const NAMES: [&'static str; 5] =
-        ["specialised-attention", "prefill-attention", "row-kernels", "grouped-moe", "device-argmax"];
+    pub const NAMES: [&'static str; 6] =
+        ["specialised-attention", "prefill-attention", "row-kernels", "grouped-moe", "device-argmax", "split-keys"];
 
     fn flag(&mut self, name: &str) -> Option<&mut bool> {
         Some(match name {
@@ -45,6 +48,7 @@ impl KernelPaths {
             "row-kernels" => &mut self.row_kernels,
             "grouped-moe" => &mut self.grouped_moe,
             "device-argmax" => &mut self.device_argmax,
+            "split-keys" => &mut self.split_keys,
             _ => return None,
         })
     }
@@ -94,7 +98,7 @@ mod tests {
         assert_eq!(KernelPaths::parse("").unwrap(), KernelPaths::default());
         let p = KernelPaths::parse("grouped-moe, prefill-attention").unwrap();
         assert!(!p.grouped_moe && !p.prefill_attention);
-        assert!(p.specialised_attention && p.row_kernels && p.device_argmax);
+        assert!(p.specialised_attention && p.row_kernels && p.device_argmax && p.split_keys);
         assert_eq!(p.generic(), ["prefill-attention", "grouped-moe"]);
         assert_eq!(KernelPaths::parse("all").unwrap().generic(), KernelPaths::NAMES);
         assert!(KernelPaths::default().generic().is_empty());
