@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What a session with a GPU machine checks for the CUDA backend (issue 8), after scripts/device/prepare.sh built
-# .device-bin/ here. Two device calls of under ten minutes each (carry [".device-bin"], timeout_s 590):
+# .device-bin/ here. One device call (carry [".device-bin"], timeout_s 590), or two when the session has the time:
+#   bash scripts/device/gpu_check.sh all        # steps 1-3 in one call, each cut to what is left of 570 s
 #   bash scripts/device/gpu_check.sh parity     # steps 1 and 2, ~7 min at most
 #   bash scripts/device/gpu_check.sh serve      # step 3, ~8 min at most
 # 1. parity of every operation and of whole fixture models against the CPU backend (tests/cuda_ops.rs,
@@ -18,13 +19,21 @@ mkdir -p "$OUT"
 BIN=.device-bin
 export GLMV_FIXTURES="$PWD/tests/fixtures" RUST_BACKTRACE=1
 SECONDS=0
+# The device tool stops a call at 600 s; every step's limit is cut to what is left of this.
+BUDGET="${GLMV_CHECK_BUDGET:-570}"
 
 WHAT="${1:-parity}"
 
 step() {   # step FILE TIMEOUT COMMAND...: appends COMMAND's output to $OUT/FILE.txt and prints its tail
   local name=$1 limit=$2
   shift 2
-  echo "== $name: $* (at ${SECONDS}s)" | tee -a "$OUT/$name.txt"
+  local left=$((BUDGET - SECONDS - 10))
+  if [ "$left" -lt 15 ]; then
+    echo "== $name: skipped, the budget is spent (at ${SECONDS}s)" | tee -a "$OUT/$name.txt"
+    return
+  fi
+  [ "$limit" -le "$left" ] || limit=$left
+  echo "== $name: $* (at ${SECONDS}s, limit ${limit}s)" | tee -a "$OUT/$name.txt"
   timeout "$limit" "$@" >> "$OUT/$name.txt" 2>&1
   echo "rc=$?" >> "$OUT/$name.txt"
   tail -n 15 "$OUT/$name.txt"
@@ -32,12 +41,14 @@ step() {   # step FILE TIMEOUT COMMAND...: appends COMMAND's output to $OUT/FILE
 
 { "$BIN/glmv" --version; nvidia-smi; } > "$OUT/nvidia-smi.txt" 2>&1
 head -n 12 "$OUT/nvidia-smi.txt"
-if [ "$WHAT" = parity ]; then
+if [ "$WHAT" = parity ] || [ "$WHAT" = all ]; then
   step cuda_ops 150 "$BIN/cuda_ops" --test-threads 1 --nocapture
   step cuda_model 200 "$BIN/cuda_model" --test-threads 1 --nocapture
   step decode_step 60 "$BIN/cuda_decode_step" --bench
-  echo "done in ${SECONDS}s"
-  exit 0
+  if [ "$WHAT" = parity ]; then
+    echo "done in ${SECONDS}s"
+    exit 0
+  fi
 fi
 
 MODEL=/tmp/glm-4.5v-fp8-dummy
@@ -48,6 +59,7 @@ SERVER=$!
 for _ in $(seq 200); do
   grep -q "listening on" "$OUT/serve.log" && break
   kill -0 $SERVER 2> /dev/null || break
+  [ $((BUDGET - SECONDS)) -gt 60 ] || break
   sleep 1
 done
 echo "== serve (at ${SECONDS}s)"
