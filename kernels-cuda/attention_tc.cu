@@ -17,20 +17,6 @@
 #define FA_ROWS 64                 // query rows per tile (4 warps x 16)
 #define FA_LDK (FA_D + 8)          // K tile row: FA_D BF16 + padding
 
-template <int LD>
-__device__ __forceinline__ void frag_a(uint32_t a[4], const __nv_bfloat16* t, int r, int k, int group, int pair) {
-  a[0] = lds32(t + (r + group) * LD + k + pair);
-  a[1] = lds32(t + (r + group + 8) * LD + k + pair);
-  a[2] = lds32(t + (r + group) * LD + k + pair + 8);
-  a[3] = lds32(t + (r + group + 8) * LD + k + pair + 8);
-}
-
-template <int LD>
-__device__ __forceinline__ void frag_b(uint32_t b[2], const __nv_bfloat16* t, int n, int k, int group, int pair) {
-  b[0] = lds32(t + (n + group) * LD + k + pair);
-  b[1] = lds32(t + (n + group) * LD + k + pair + 8);
-}
-
 // Two values as the low and high BF16 halves of one 32-bit fragment register (the lower k index in the low half).
 __device__ __forceinline__ uint32_t pack_bf16(__nv_bfloat16 lo_k, __nv_bfloat16 hi_k) {
   return (uint32_t)__bfloat16_as_ushort(lo_k) | ((uint32_t)__bfloat16_as_ushort(hi_k) << 16);
@@ -121,8 +107,8 @@ __device__ void attention_tc(const float* q, int heads, int kv_heads, float scal
   uint32_t q_hi[FA_D / 16][4], q_lo[FA_D / 16][4];
 #pragma unroll
   for (int s = 0; s < FA_D / 16; ++s) {
-    frag_a<FA_LDK>(q_hi[s], qh, wr, s * 16, group, pair);
-    frag_a<FA_LDK>(q_lo[s], ql, wr, s * 16, group, pair);
+    load_a<FA_LDK>(q_hi[s], qh, wr, s * 16, group, pair);
+    load_a<FA_LDK>(q_lo[s], ql, wr, s * 16, group, pair);
   }
   __syncthreads();
   const uint32_t keys = tile_keys;
@@ -166,11 +152,11 @@ __device__ void attention_tc(const float* q, int heads, int kv_heads, float scal
 #pragma unroll
       for (int d = 0; d < FA_D / 16; ++d) {
         uint32_t b[2];
-        frag_b<FA_LDK>(b, ks, nt * 8, d * 16, group, pair);
+        load_b<FA_LDK>(b, ks, nt * 8, d * 16, group, pair);
         mma_bf16_16816(s[nt], q_hi[d], b);
         mma_bf16_16816(s[nt], q_lo[d], b);
         if constexpr (SPLIT) {
-          frag_b<FA_LDK>(b, ks_lo, nt * 8, d * 16, group, pair);
+          load_b<FA_LDK>(b, ks_lo, nt * 8, d * 16, group, pair);
           mma_bf16_16816(s[nt], q_hi[d], b);
         }
       }
@@ -232,11 +218,11 @@ __device__ void attention_tc(const float* q, int heads, int kv_heads, float scal
 #pragma unroll
       for (int dt = 0; dt < FA_D / 8; ++dt) {
         uint32_t b[2];
-        frag_b<LDV>(b, vt, dt * 8, kk * 16, group, pair);
+        load_b<LDV>(b, vt, dt * 8, kk * 16, group, pair);
         mma_bf16_16816(o[dt], ph, b);
         mma_bf16_16816(o[dt], pl, b);
         if constexpr (SPLIT) {
-          frag_b<LDV>(b, vt_lo, dt * 8, kk * 16, group, pair);
+          load_b<LDV>(b, vt_lo, dt * 8, kk * 16, group, pair);
           mma_bf16_16816(o[dt], ph, b);
         }
       }

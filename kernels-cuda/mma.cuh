@@ -34,23 +34,21 @@ __device__ __forceinline__ void split_bf16(float v, __nv_bfloat16& hi, __nv_bflo
   lo = __float2bfloat16_rn(v - __bfloat162float(hi));
 }
 
-// A-operand fragments of a 16-row slice starting at row r, columns kk..kk+15 of a [64][TC_LD] tile.
-__device__ __forceinline__ void load_a(uint32_t a[4], const __nv_bfloat16 (*t)[TC_LD], int r, int kk, int group,
-                                       int pair) {
-  const __nv_bfloat16* r0 = &t[r + group][kk + pair];
-  const __nv_bfloat16* r8 = &t[r + group + 8][kk + pair];
-  a[0] = lds32(r0);
-  a[1] = lds32(r8);
-  a[2] = lds32(r0 + 8);
-  a[3] = lds32(r8 + 8);
+// A-operand fragments of a 16-row slice starting at row r, columns k..k+15 of a row-major BF16 tile with rows of LD
+// elements (LD even, so that 32-bit fragment loads stay aligned).
+template <int LD>
+__device__ __forceinline__ void load_a(uint32_t a[4], const __nv_bfloat16* t, int r, int k, int group, int pair) {
+  a[0] = lds32(t + (r + group) * LD + k + pair);
+  a[1] = lds32(t + (r + group + 8) * LD + k + pair);
+  a[2] = lds32(t + (r + group) * LD + k + pair + 8);
+  a[3] = lds32(t + (r + group + 8) * LD + k + pair + 8);
 }
 
-// B-operand fragments of 8 weight rows (B's columns) starting at row n, columns kk..kk+15.
-__device__ __forceinline__ void load_b(uint32_t b[2], const __nv_bfloat16 (*t)[TC_LD], int n, int kk, int group,
-                                       int pair) {
-  const __nv_bfloat16* col = &t[n + group][kk + pair];
-  b[0] = lds32(col);
-  b[1] = lds32(col + 8);
+// B-operand fragments of 8 rows of the tile (B's columns) starting at row n, columns k..k+15.
+template <int LD>
+__device__ __forceinline__ void load_b(uint32_t b[2], const __nv_bfloat16* t, int n, int k, int group, int pair) {
+  b[0] = lds32(t + (n + group) * LD + k + pair);
+  b[1] = lds32(t + (n + group) * LD + k + pair + 8);
 }
 
 // Where this thread's accumulators sit in the 64 x 64 tile: total[i][j][h * 2 + c] is row
@@ -106,11 +104,11 @@ __device__ __forceinline__ void tc_tile(int K, XAt x_at, WAt w_at, TcScaling sca
       uint32_t ah[2][4], al[2][4], bh[4][2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        load_a(ah[i], xh, t.wm + i * 16, kk, t.group, t.pair);
-        load_a(al[i], xl, t.wm + i * 16, kk, t.group, t.pair);
+        load_a<TC_LD>(ah[i], &xh[0][0], t.wm + i * 16, kk, t.group, t.pair);
+        load_a<TC_LD>(al[i], &xl[0][0], t.wm + i * 16, kk, t.group, t.pair);
       }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) load_b(bh[j], wh, t.wn + j * 8, kk, t.group, t.pair);
+      for (int j = 0; j < 4; ++j) load_b<TC_LD>(bh[j], &wh[0][0], t.wn + j * 8, kk, t.group, t.pair);
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -121,7 +119,7 @@ __device__ __forceinline__ void tc_tile(int K, XAt x_at, WAt w_at, TcScaling sca
       if constexpr (SPLIT_W) {
         uint32_t bl[4][2];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) load_b(bl[j], wl, t.wn + j * 8, kk, t.group, t.pair);
+        for (int j = 0; j < 4; ++j) load_b<TC_LD>(bl[j], &wl[0][0], t.wn + j * 8, kk, t.group, t.pair);
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll

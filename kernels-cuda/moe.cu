@@ -129,10 +129,6 @@ __device__ __forceinline__ bool expert_tile(const uint32_t* offsets, const uint3
   return true;
 }
 
-__device__ __forceinline__ WeightScale expert_scale(ExpertTable t, int e) {
-  return WeightScale{reinterpret_cast<const float*>(t.scale[e]), t.block_rows, t.block_cols, t.col_blocks};
-}
-
 // h[row, i] = silu(gate_e(x_t)[i]) * up_e(x_t)[i] for the sorted rows of one tile (row = sorted position, t = the
 // pair's token). A tile's 64 columns are 32 gate rows and the same 32 up rows, so SwiGLU is applied in the epilogue.
 template <int DT>

@@ -12,9 +12,14 @@ struct ExpertTable {
   int block_rows, block_cols, col_blocks;
 };
 
+// Expert e's weight scales of one projection.
+__device__ __forceinline__ WeightScale expert_scale(ExpertTable t, int e) {
+  return WeightScale{reinterpret_cast<const float*>(t.scale[e]), t.block_rows, t.block_cols, t.col_blocks};
+}
+
 template <int DT>
 __device__ __forceinline__ float expert_row(ExpertTable t, int e, int n, int K, const float* x, int lane) {
-  WeightScale s{reinterpret_cast<const float*>(t.scale[e]), t.block_rows, t.block_cols, t.col_blocks};
+  WeightScale s = expert_scale(t, e);
   bool row_scale = s.scale != nullptr && s.col_blocks == 1;
   float v = warp_sum(row_dot_vec<DT>(reinterpret_cast<const void*>(t.weight[e]), s, n, K, x, lane, row_scale));
   return row_scale ? v * s.scale[n / s.block_rows] : v;

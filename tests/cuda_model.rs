@@ -136,8 +136,12 @@ fn real_shape_layers_match_cpu() {
         eprintln!("skipped: no usable CUDA device ({e})");
         return;
     }
-    for (model, precision, layers, tol) in
-        [(KnownModel::Glm45v, Precision::Fp8, 2, 3e-2), (KnownModel::Glm41v, Precision::Bf16, 1, 1e-2)]
+    // Both backends compute in f32 from the same dequantised weights and round the BF16 cache alike, so the gap is
+    // summation order and the GEMMs' split BF16 operands: far below the 1e-2 (BF16) / 3e-2 (FP8) bars, which
+    // allow for activation quantisation that this backend does not do yet. The fixture models above meet 1e-4.
+    const TOL: f64 = 1e-3;
+    for (model, precision, layers) in
+        [(KnownModel::Glm45v, Precision::Fp8, 2), (KnownModel::Glm41v, Precision::Bf16, 1)]
     {
         let mut json = model.config_json(precision).unwrap();
         let text = &mut json["text_config"];
@@ -157,6 +161,6 @@ fn real_shape_layers_match_cpu() {
             started.elapsed().as_secs_f64()
         );
         assert!(gpu.iter().all(|v| v.is_finite()), "{}: non-finite logits", model.name());
-        assert!(err <= tol, "{}: relative L2 {err:.2e} > {tol:.0e}", model.name());
+        assert!(err <= TOL, "{}: relative L2 {err:.2e} > {TOL:.0e}", model.name());
     }
 }

@@ -139,20 +139,20 @@ impl<F> Kernels<F> {
 impl Kernels {
     /// The attention kernel for these shapes: the specialised one when it was built, else the generic one.
     pub fn attention_for(&self, kv: KvDtype, heads: usize, kv_heads: usize, head_dim: usize) -> &CudaFunction {
-        let want = AttentionKernel::for_shape(kv, heads as u32, kv_heads as u32, head_dim as u32);
+        self.attention_kernel(AttentionKernel::for_shape(kv, heads as u32, kv_heads as u32, head_dim as u32))
+    }
+
+    /// The generic attention kernel for this KV dtype (any head shape).
+    pub fn attention_generic(&self, kv: KvDtype) -> &CudaFunction {
+        self.attention_kernel(AttentionKernel { kv, head_dim: None, group: None })
+    }
+
+    fn attention_kernel(&self, want: AttentionKernel) -> &CudaFunction {
         let (_, kernel) = self
             .attention
             .iter()
             .find(|(have, _)| *have == want)
             .expect("load() loads the generic kernels and every specialised one, which is all for_shape can name");
-        kernel
-    }
-
-    /// The generic attention kernel for this KV dtype (any head shape).
-    pub fn attention_generic(&self, kv: KvDtype) -> &CudaFunction {
-        let want = AttentionKernel { kv, head_dim: None, group: None };
-        let (_, kernel) =
-            self.attention.iter().find(|(have, _)| *have == want).expect("load() loads the generic kernels");
         kernel
     }
 
@@ -163,7 +163,8 @@ impl Kernels {
             WeightDtype::Fp8 => WeightKind::Fp8,
             WeightDtype::F32 | WeightDtype::F16 => return None,
         };
-        let want = RowKernel::for_shape(op, weight, u32::try_from(width).ok()?)?;
+        // `rows` holds exactly the built kernels: looked up directly, on every decode-time GEMV launch.
+        let want = RowKernel { op, weight, width: u32::try_from(width).ok()? };
         self.rows.iter().find(|(k, _)| *k == want).map(|(_, f)| f)
     }
 }
