@@ -438,6 +438,7 @@ fn argmax_rows_match_cpu() {
         eprintln!("argmax over {} rows of {cols}: {got:?}", rows.len());
         assert_eq!(got, want, "argmax_rows, {cols} columns");
         assert_eq!(want[10], if cols == 1 { 0 } else { (cols / 3) as u32 }, "the first of two equal maxima");
-        assert_eq!(&want[12..], &[(cols / 2) as u32, want[13], 0, 0], "NaN and -inf rows");
+        // Row 13 (every third value NaN) is checked by the comparison above only.
+        assert_eq!([want[12], want[14], want[15]], [(cols / 2) as u32, 0, 0], "NaN and -inf rows");
     }
 }
