@@ -5,7 +5,8 @@ use std::{path::PathBuf, time::Instant};
 
 use glmv_runtime::{
     backend::{
-        cuda::CudaBackend, AttentionShape, Backend, ExpertsSource, ForwardBatch, MlpSource, Rope, Routing, SeqSpan,
+        cuda::{CudaBackend, CudaBatch, CudaExperts, CudaKvCache, CudaLinear, CudaMlp, CudaTensor},
+        AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope, Routing, SeqSpan,
     },
     config::RopeLayout,
     weights::WeightStore,
@@ -76,7 +77,7 @@ fn time<F: FnMut()>(be: &CudaBackend, iters: usize, mut f: F) -> f64 {
 }
 
 fn main() {
-    let be = match CudaBackend::new(0) {
+    let mut be = match CudaBackend::new(0) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("no CUDA device: {e}");
@@ -171,6 +172,7 @@ fn main() {
             }],
             positions: vec![[(ctx - 1) as u32; 3]],
         };
+        let batch = be.batch(&batch, &mut cache).unwrap();
         let ms = time(&be, iters, || drop(be.attention(&qkv_x, &shape, &rope, &batch, &mut cache, 0).unwrap()));
         rows.push((
             format!("paged attention 96:8 d128, context {ctx}"),
@@ -202,7 +204,88 @@ fn main() {
     for (gpu, floor) in [("H100", 4.0), ("H200", 2.84)] {
         println!("bandwidth floor on an {gpu}: {floor} ms per token; ratio {:.1}x", step / floor);
     }
+    let layers = DecodeLayers { qkv: &qkv, o_proj: &o_proj, dense: &dense, moe: &moe, norm: &norm, shape, rope: &rope };
+    whole_step(&mut be, &layers, &lm_head);
     prefill_chunk(&be, &qkv, &o_proj, &dense, &moe, &shape, &rope);
+}
+
+/// One GLM-4.5V layer's weights, run 46 times as the model's layers (layer 0 dense, then MoE): every step reads as
+/// many weight bytes as the real model minus the per-layer differences, and launches as many kernels.
+struct DecodeLayers<'a> {
+    qkv: &'a CudaLinear,
+    o_proj: &'a CudaLinear,
+    dense: &'a CudaMlp,
+    moe: &'a CudaExperts,
+    norm: &'a <CudaBackend as Backend>::Vector,
+    shape: AttentionShape,
+    rope: &'a Rope,
+}
+
+impl DecodeLayers<'_> {
+    fn run(&self, be: &CudaBackend, hidden: CudaTensor, batch: &CudaBatch, cache: &mut CudaKvCache) -> CudaTensor {
+        let mut residual = hidden;
+        let mut x = be.rms_norm(&residual, self.norm, 1e-5).unwrap();
+        for layer in 0..46 {
+            let qkv = be.linear_forward(&x, self.qkv).unwrap();
+            let attn = be.attention(&qkv, &self.shape, self.rope, batch, cache, layer).unwrap();
+            let attn = be.linear_forward(&attn, self.o_proj).unwrap();
+            x = be.add_rms_norm(&mut residual, &attn, self.norm, 1e-5).unwrap();
+            let mlp = if layer == 0 { be.mlp_forward(&x, self.dense) } else { be.moe_forward(&x, self.moe) }.unwrap();
+            x = be.add_rms_norm(&mut residual, &mlp, self.norm, 1e-5).unwrap();
+        }
+        x
+    }
+}
+
+/// Whole decode steps at batch 1 and 16 over 1,024 cached tokens: the 46 layers through `run_decoder` kernel by
+/// kernel and replayed from a CUDA graph, then lm_head and the device argmax: what a token costs, against the floor.
+fn whole_step(be: &mut CudaBackend, layers: &DecodeLayers, lm_head: &CudaLinear) {
+    let (h, ctx, iters) = (4096usize, 1024usize, 10);
+    println!("\n| whole decode step, 46 layers, context {ctx} | batch | ms per step | ratio to the H200 floor |");
+    println!("|---|---:|---:|---:|");
+    for rows in [1usize, 16] {
+        let blocks_per_seq = ctx / 16 + 1;
+        let spec = KvCacheSpec {
+            num_layers: 46,
+            num_blocks: rows * blocks_per_seq,
+            block_size: 16,
+            num_kv_heads: layers.shape.num_kv_heads,
+            head_dim: layers.shape.head_dim,
+            dtype: KvDtype::Bf16,
+        };
+        let batch = ForwardBatch {
+            seqs: (0..rows)
+                .map(|r| SeqSpan {
+                    rows: r..r + 1,
+                    context_len: ctx - 1,
+                    block_table: (r * blocks_per_seq..(r + 1) * blocks_per_seq).map(|b| b as u32).collect(),
+                })
+                .collect(),
+            positions: vec![[(ctx - 1) as u32; 3]; rows],
+        };
+        let x = be.upload(rows, h, &vec![0.5; rows * h]).unwrap();
+        let all_rows: Vec<usize> = (0..rows).collect();
+        for (how, max_rows) in [("kernel by kernel", 0), ("CUDA graph", 256)] {
+            be.set_graph_max_rows(max_rows);
+            let be = &*be;
+            let mut cache = be.kv_cache(&spec).unwrap();
+            let mut step = || {
+                let prepared = be.batch(&batch, &mut cache).unwrap();
+                // As the engine's embedding gather: a fresh input each step.
+                let hidden = be.select_rows(&x, &all_rows).unwrap();
+                let out = be
+                    .run_decoder(hidden, &prepared, &mut cache, &mut |hid, b, c| Ok(layers.run(be, hid, b, c)))
+                    .unwrap();
+                let logits = be.linear_forward(&out, lm_head).unwrap();
+                drop(be.argmax_rows(&logits).unwrap());
+            };
+            let ms = time(be, iters, &mut step);
+            println!("| {how} | {rows} | {ms:.2} | {:.2}x |", ms / 2.84);
+            if max_rows > 0 {
+                println!("(recordings held: {})", cache.recorded_graphs());
+            }
+        }
+    }
 }
 
 /// One 1024-token prefill chunk of the same layer, operation by operation (tensor-core GEMMs, the grouped expert
@@ -235,6 +318,7 @@ fn prefill_chunk(
         seqs: vec![SeqSpan { rows: 0..t, context_len: 0, block_table: (0..spec.num_blocks as u32).collect() }],
         positions: (0..t).map(|p| [p as u32; 3]).collect(),
     };
+    let batch = be.batch(&batch, &mut cache).unwrap();
     let gemm = |o: usize, i: usize| 2.0 * (t * o * i) as f64;
     let rows: Vec<(&str, f64, f64)> = vec![
         (

@@ -2,10 +2,12 @@
 #include "attention.cuh"
 
 // Rotary description, as runtime/src/backend/rope.rs: frequency i rotates pair (i, i + rot/2) (NeoX halves) or
-// (2i, 2i + 1) (interleaved), with angle positions[axis[i]] * inv_freq[i].
+// (2i, 2i + 1) (interleaved), with angle positions[axis[i]] * inv_freq[i]. Passed by value (kernel parameter space,
+// read through the constant cache), so a launch needs no upload and a recorded graph holds the table itself.
+#define ROPE_MAX_FREQS 128
 struct Rope {
-  const float* inv_freq;
-  const uint8_t* axis;
+  float inv_freq[ROPE_MAX_FREQS];
+  uint8_t axis[ROPE_MAX_FREQS];
   int rot_dim;
   int interleaved;
 };
@@ -23,7 +25,9 @@ __device__ __forceinline__ void rotate_head(float* head, const Rope& r, const ui
 }
 
 // One block per row: q_out = rotated q; k_out = rotated k; when k_cache != nullptr, rotated k and v go to the cache
-// at slots[row], stored as kv_dtype (KV_*; FP8 with a scale per slot and kv head). qkv rows are [q | k | v].
+// at slots[row] (none for NO_SLOT: the padding rows of a recorded decode step), stored as kv_dtype (KV_*; FP8 with a
+// scale per slot and kv head). qkv rows are [q | k | v].
+#define NO_SLOT 0xffffffffu
 extern "C" __global__ void rope_qkv(const float* qkv, const uint32_t* positions, Rope rope, int heads, int kv_heads,
                                     int d, float* q_out, float* k_out, void* k_cache, void* v_cache, float* k_scale,
                                     float* v_scale, int kv_dtype, const uint32_t* slots) {
@@ -43,7 +47,7 @@ extern "C" __global__ void rope_qkv(const float* qkv, const uint32_t* positions,
     rotate_head(head, rope, pos, lane, 32);
   }
   __syncthreads();
-  if (k_cache == nullptr) return;
+  if (k_cache == nullptr || slots[row] == NO_SLOT) return;
   size_t slot = slots[row];
   // One warp per (kv head, k or v).
   for (int task = warp; task < 2 * kv_heads; task += warps) {

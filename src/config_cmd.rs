@@ -388,7 +388,13 @@ fn render_memory(s: &mut String, r: &Report, plan: &Plan) {
         o.chunked_prefill_size,
         gb(plan.activation_estimate)
     );
-    if plan.activation_estimate > plan.activation_headroom {
+    let _ = writeln!(
+        s,
+        "  decode graphs    {:>9} GB  activations of the largest recorded decode step ({} sequences, estimate)",
+        gb(plan.graph_pool_estimate),
+        plan::DECODE_GRAPH_ROWS
+    );
+    if plan.activation_estimate + plan.graph_pool_estimate > plan.activation_headroom {
         let _ = writeln!(s, "  warning: the activation estimate exceeds the headroom; lower --mem-fraction-static");
     }
     if plan.weight_bytes_per_gpu > plan.weight_room {

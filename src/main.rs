@@ -139,7 +139,10 @@ struct LogitsArgs {
 #[macro_export]
 macro_rules! on_backend {
     ($device:expr, $f:ident, $args:expr) => {
-        match pick_backend($device) {
+        on_backend!($device, None, $f, $args)
+    };
+    ($device:expr, $graph_max_rows:expr, $f:ident, $args:expr) => {
+        match pick_backend($device, $graph_max_rows) {
             Err(e) => Err(e),
             Ok(AnyBackend::Cpu(b)) => $f(b, $args),
             #[cfg(feature = "cuda")]
@@ -175,12 +178,23 @@ pub(crate) enum AnyBackend {
     Cuda(Box<glmv_runtime::backend::cuda::CudaBackend>),
 }
 
-pub(crate) fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::error::Error>> {
+/// The backend for `device`. `graph_max_rows`: the largest decode step recorded as a CUDA graph (`Some(0)`: none;
+/// `None`: the backend's default).
+pub(crate) fn pick_backend(
+    device: Device,
+    graph_max_rows: Option<usize>,
+) -> Result<AnyBackend, Box<dyn std::error::Error>> {
     #[cfg(feature = "cuda")]
     if device != Device::Cpu {
         match glmv_runtime::backend::cuda::CudaBackend::new(0) {
-            Ok(b) => {
+            Ok(mut b) => {
                 eprintln!("[glmv] using CUDA device 0: {}", b.device_name());
+                if let Some(rows) = graph_max_rows {
+                    b.set_graph_max_rows(rows);
+                }
+                if !b.kernel_paths().cuda_graphs || graph_max_rows == Some(0) {
+                    eprintln!("[glmv] decode steps run without CUDA graphs");
+                }
                 let generic = b.kernel_paths().generic();
                 if !generic.is_empty() {
                     let env = glmv_runtime::backend::cuda::GENERIC_ENV;
@@ -192,6 +206,8 @@ pub(crate) fn pick_backend(device: Device) -> Result<AnyBackend, Box<dyn std::er
             Err(e) => eprintln!("[glmv] no CUDA device ({e}); running on the CPU"),
         }
     }
+    #[cfg(not(feature = "cuda"))]
+    let _ = graph_max_rows;
     #[cfg(not(feature = "cuda"))]
     if device == Device::Cuda {
         return Err("this glmv was built without the CUDA backend (cargo build --features cuda)".into());

@@ -123,8 +123,10 @@ pub struct ServeArgs {
     attention_backend: Option<String>,
     #[arg(long)]
     mm_attention_backend: Option<String>,
+    /// Decode steps of up to this many sequences run as CUDA graphs recorded at their first step (default 256).
     #[arg(long)]
     cuda_graph_max_bs: Option<usize>,
+    /// Run every decode step kernel by kernel (same as GLMV_CUDA_GENERIC=cuda-graphs).
     #[arg(long)]
     disable_cuda_graph: bool,
     #[arg(long)]
@@ -134,6 +136,16 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The largest decode step recorded as a CUDA graph: none with `--disable-cuda-graph`, else
+    /// `--cuda-graph-max-bs` or the backend's default.
+    fn graph_max_rows(&self) -> Option<usize> {
+        if self.disable_cuda_graph {
+            Some(0)
+        } else {
+            self.cuda_graph_max_bs
+        }
+    }
+
     /// What the SGLang-only flags do here, one log line each.
     fn explain_compat_flags(&self) {
         let note = |flag: String, what: &str| log(Level::Warning, &format!("{flag}: {what}"));
@@ -156,12 +168,6 @@ impl ServeArgs {
                     "glmv has one built-in kernel set and reads quantisation from the checkpoint; ignored",
                 );
             }
-        }
-        if self.cuda_graph_max_bs.is_some() || self.disable_cuda_graph {
-            note(
-                "--cuda-graph-max-bs/--disable-cuda-graph".into(),
-                "decode steps do not use CUDA graphs in this build; ignored",
-            );
         }
         if self.trust_remote_code {
             note("--trust-remote-code".into(), "glmv runs no checkpoint code; ignored");
@@ -197,7 +203,7 @@ pub fn run(args: &ServeArgs) -> CliResult {
         }
     };
     let request = ServeRequest { args, model_dir, name, shutdown };
-    let result = on_backend!(args.device, serve_on, &request);
+    let result = on_backend!(args.device, args.graph_max_rows(), serve_on, &request);
     if args.model_path.is_none() {
         let _ = std::fs::remove_dir_all(&request.model_dir);
     }

@@ -213,6 +213,7 @@ fn attention_out<B: Backend>(
                 .collect(),
         };
         let x = b.upload(seqs * len, width, &rows).unwrap();
+        let batch = b.batch(&batch, &mut cache).unwrap();
         out.extend(b.to_host(&b.attention(&x, shape, rope, &batch, &mut cache, 1).unwrap()).unwrap());
         done += len;
     }

@@ -153,6 +153,14 @@ impl ForwardBatch {
     }
 }
 
+/// The decoder layers as [`Backend::run_decoder`] runs them: (hidden, batch, cache) to the layers' output.
+pub type DecoderLayers<'a, B> = dyn FnMut(
+        <B as Backend>::Tensor,
+        &<B as Backend>::Batch,
+        &mut <B as Backend>::KvCache,
+    ) -> Result<<B as Backend>::Tensor>
+    + 'a;
+
 pub trait Backend: Send + Sync {
     /// Activations: a row-major [rows, cols] matrix on the device.
     type Tensor: Send;
@@ -163,6 +171,9 @@ pub trait Backend: Send + Sync {
     type Mlp: Send + Sync;
     type Experts: Send + Sync;
     type KvCache: Send;
+    /// A forward batch in this backend's form for one cache, built once per step and read by every layer's
+    /// attention (on a GPU: each row's position, cache slot, key count and block table uploaded once per step).
+    type Batch: Send;
 
     fn name(&self) -> &'static str;
 
@@ -176,6 +187,8 @@ pub trait Backend: Send + Sync {
     fn mlp(&self, src: &MlpSource) -> Result<Self::Mlp>;
     fn experts(&self, src: &ExpertsSource) -> Result<Self::Experts>;
     fn kv_cache(&self, spec: &KvCacheSpec) -> Result<Self::KvCache>;
+    /// `batch` prepared for `cache` (checked against it: rows in order, enough blocks, blocks inside the pool).
+    fn batch(&self, batch: &ForwardBatch, cache: &mut Self::KvCache) -> Result<Self::Batch>;
 
     // Operations.
     /// Rows of an embedding table (a linear's weight, [vocab, hidden]) for each id.
@@ -202,10 +215,22 @@ pub trait Backend: Send + Sync {
         qkv: &Self::Tensor,
         shape: &AttentionShape,
         rope: &Rope,
-        batch: &ForwardBatch,
+        batch: &Self::Batch,
         cache: &mut Self::KvCache,
         layer: usize,
     ) -> Result<Self::Tensor>;
+    /// Runs `layers` (the decoder over `hidden`, one row per row of `batch`) and returns its output. A backend may
+    /// record the work the first time a batch of its shape comes and replay the recording after (CUDA graphs of
+    /// decode steps); `layers` must then read the step's inputs only from `hidden`, `batch` and `cache`.
+    fn run_decoder(
+        &self,
+        hidden: Self::Tensor,
+        batch: &Self::Batch,
+        cache: &mut Self::KvCache,
+        layers: &mut DecoderLayers<'_, Self>,
+    ) -> Result<Self::Tensor> {
+        layers(hidden, batch, cache)
+    }
     /// Full (non-causal) attention within each segment of consecutive rows, no KV cache: the vision tower's
     /// attention, with the rotary embedding at each row's `positions`.
     fn segment_attention(

@@ -352,6 +352,9 @@ pub struct Plan {
     pub activation_headroom: u64,
     /// Estimated activations of one prefill chunk (see [`activation_bytes`]).
     pub activation_estimate: u64,
+    /// Estimated activations of the largest decode step recorded as a CUDA graph ([`DECODE_GRAPH_ROWS`] rows):
+    /// recordings allocate from the graph memory pool, apart from the chunk's, and keep it between replays.
+    pub graph_pool_estimate: u64,
     /// The model's context, or `--context-length`.
     pub context_limit: usize,
     /// The longest sequence that fits: `context_limit`, or less where the KV cache holds fewer tokens.
@@ -438,6 +441,7 @@ impl Plan {
             kv_tokens,
             activation_headroom: options.gpu_bytes.saturating_sub(static_budget),
             activation_estimate: activation_bytes(config, tp, options.chunked_prefill_size),
+            graph_pool_estimate: activation_bytes(config, tp, DECODE_GRAPH_ROWS),
             context_limit,
             max_context,
             concurrency,
@@ -482,6 +486,7 @@ impl Plan {
                 "static_budget_bytes": self.static_budget, "runtime_reserve_bytes": RUNTIME_RESERVE_BYTES,
                 "weight_room_bytes": self.weight_room, "activation_headroom_bytes": self.activation_headroom,
                 "activation_estimate_bytes": self.activation_estimate,
+                "graph_pool_estimate_bytes": self.graph_pool_estimate,
                 "chunked_prefill_size": o.chunked_prefill_size,
             },
             "context_limit": self.context_limit, "max_context": self.max_context, "concurrency": concurrency,
@@ -524,6 +529,9 @@ pub fn activation_bytes(config: &ModelConfig, tp: usize, tokens: usize) -> u64 {
     let per_token = 3 * t.hidden_size + attention.max(dense).max(moe);
     (tokens * per_token * 4) as u64
 }
+
+/// Decode steps of up to this many sequences run as CUDA graphs by default (SGLang's `--cuda-graph-max-bs`).
+pub const DECODE_GRAPH_ROWS: usize = 256;
 
 /// The plan at each tensor-parallel degree from `from` up, the first that fits.
 pub fn smallest_fit(config: &ModelConfig, options: PlanOptions, from: usize) -> Option<Plan> {

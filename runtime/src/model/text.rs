@@ -178,11 +178,25 @@ impl<B: Backend> TextModel<B> {
         batch: &ForwardBatch,
         cache: &mut B::KvCache,
     ) -> Result<B::Tensor> {
-        let Some(first) = self.layers.first() else {
+        if self.layers.is_empty() {
             return Err(Error::InvalidInput("the model has no layers".into()));
-        };
+        }
+        let batch = backend.batch(batch, cache)?;
+        backend.run_decoder(hidden, &batch, cache, &mut |hidden, batch, cache| {
+            self.layers_forward(backend, hidden, batch, cache)
+        })
+    }
+
+    /// The decoder layers and the final norm: what [`Backend::run_decoder`] runs (and may record).
+    fn layers_forward(
+        &self,
+        backend: &B,
+        hidden: B::Tensor,
+        batch: &B::Batch,
+        cache: &mut B::KvCache,
+    ) -> Result<B::Tensor> {
         let mut residual = hidden;
-        let mut x = backend.rms_norm(&residual, &first.input_norm, self.eps)?;
+        let mut x = backend.rms_norm(&residual, &self.layers[0].input_norm, self.eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
             let qkv = backend.linear_forward(&x, &layer.qkv)?;
             let attn = backend.attention(&qkv, &self.attention, &self.rope, batch, cache, i)?;

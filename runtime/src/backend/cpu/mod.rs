@@ -112,6 +112,7 @@ impl Backend for CpuBackend {
     type Mlp = CpuMlp;
     type Experts = CpuExperts;
     type KvCache = CpuKvCache;
+    type Batch = ForwardBatch;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -150,6 +151,11 @@ impl Backend for CpuBackend {
 
     fn kv_cache(&self, spec: &KvCacheSpec) -> Result<CpuKvCache> {
         Ok(CpuKvCache::new(spec))
+    }
+
+    fn batch(&self, batch: &ForwardBatch, _cache: &mut CpuKvCache) -> Result<ForwardBatch> {
+        // Checked against the cache by each layer's attention.
+        Ok(batch.clone())
     }
 
     fn embed(&self, table: &CpuLinear, ids: &[u32]) -> Result<CpuTensor> {

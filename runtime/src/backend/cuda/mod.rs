@@ -4,8 +4,12 @@
 //! First version: f32 activations, weights kept in their checkpoint dtype on the device (BF16/F16/F32, FP8 with
 //! per-channel or block scales) and converted in the GEMM; SIMT kernels; MoE routing on the device with expert
 //! dispatch planned on the host. Its job is to be correct against the CPU backend; speed comes after.
+mod batch;
+mod graphs;
 mod kernels;
 mod paths;
+pub use batch::CudaBatch;
+use batch::Keys;
 use kernels::WeightDtype;
 pub use kernels::{Kernels, KERNEL_IMAGES};
 pub use paths::{KernelPaths, GENERIC_ENV};
@@ -17,7 +21,9 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 
 pub use linear::{CudaExperts, CudaLinear, CudaMlp};
 
-use super::{AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope};
+use super::{
+    AttentionShape, Backend, DecoderLayers, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope,
+};
 use crate::{
     config::RopeLayout,
     weights::{HostTensor, LinearSource},
@@ -43,6 +49,15 @@ pub struct CudaKvCache {
     v: Vec<CudaSlice<u8>>,
     k_scale: Vec<CudaSlice<f32>>,
     v_scale: Vec<CudaSlice<f32>>,
+    /// Decode steps recorded over this cache, and the buffers they read.
+    graphs: graphs::DecodeGraphs,
+}
+
+impl CudaKvCache {
+    /// Decode-step recordings held (graphs.rs).
+    pub fn recorded_graphs(&self) -> usize {
+        self.graphs.recorded()
+    }
 }
 
 /// The KV_* codes of kernels-cuda/common.cuh.
@@ -69,6 +84,8 @@ pub struct CudaBackend {
     stream: Arc<CudaStream>,
     k: Kernels,
     paths: KernelPaths,
+    /// The largest decode step (rows) recorded as a graph (`--cuda-graph-max-bs`).
+    graph_max_rows: usize,
     /// Fill every fresh activation with NaN, so that a kernel that leaves part of its output unwritten fails the
     /// parity tests instead of passing on leftover memory.
     poison: bool,
@@ -78,14 +95,36 @@ pub struct CudaBackend {
 const ATTENTION_WARPS: u32 = 4;
 const MAX_HEAD_DIM: usize = 32 * 8;
 
-/// The `Rope` struct of kernels-cuda/attention.cu.
+/// The `Rope` struct of kernels-cuda/attention.cu, passed by value.
+const ROPE_MAX_FREQS: usize = 128;
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct RopeArg {
-    inv_freq: u64,
-    axis: u64,
+    inv_freq: [f32; ROPE_MAX_FREQS],
+    axis: [u8; ROPE_MAX_FREQS],
     rot_dim: i32,
     interleaved: i32,
+}
+
+impl RopeArg {
+    fn new(rope: &Rope) -> Result<Self> {
+        let n = rope.inv_freq.len();
+        if n > ROPE_MAX_FREQS || rope.axis.len() < n || rope.axis.iter().any(|&a| a > 2) || rope.rot_dim > 2 * n {
+            return Err(Error::InvalidInput(format!(
+                "a rotary embedding of {n} frequencies (rot_dim {}) is beyond the CUDA kernel's {ROPE_MAX_FREQS}",
+                rope.rot_dim
+            )));
+        }
+        let mut arg = RopeArg {
+            inv_freq: [0.0; ROPE_MAX_FREQS],
+            axis: [0; ROPE_MAX_FREQS],
+            rot_dim: rope.rot_dim as i32,
+            interleaved: (rope.layout == RopeLayout::InterleavedPairs) as i32,
+        };
+        arg.inv_freq[..n].copy_from_slice(&rope.inv_freq);
+        arg.axis[..n].copy_from_slice(&rope.axis[..n]);
+        Ok(arg)
+    }
 }
 unsafe impl cudarc::driver::DeviceRepr for RopeArg {}
 
@@ -106,9 +145,14 @@ impl CudaBackend {
         // One stream orders everything; per-slice events would only add launch overhead.
         // SAFETY: no other stream of this context touches our buffers.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(device_err)?;
+        keep_freed_memory(&ctx)?;
         let k = Kernels::load(&ctx)?;
-        Ok(CudaBackend { ctx, stream, k, paths, poison: false })
+        let mut paths = paths;
+        // Graphs need stream-ordered allocation (every activation is allocated inside the recorded step).
+        paths.cuda_graphs &= ctx.has_async_alloc();
+        Ok(CudaBackend { ctx, stream, k, paths, graph_max_rows: crate::config::plan::DECODE_GRAPH_ROWS, poison: false })
     }
 
     /// A backend whose fresh activations are NaN-filled (for tests).
@@ -119,6 +163,11 @@ impl CudaBackend {
     /// The kernel families in use.
     pub fn kernel_paths(&self) -> KernelPaths {
         self.paths
+    }
+
+    /// Records decode steps of at most `rows` rows as CUDA graphs (0: none), as SGLang's `--cuda-graph-max-bs`.
+    pub fn set_graph_max_rows(&mut self, rows: usize) {
+        self.graph_max_rows = rows;
     }
 
     pub fn device_name(&self) -> String {
@@ -158,46 +207,28 @@ impl CudaBackend {
         self.stream.clone_htod(data).map_err(device_err)
     }
 
-    fn rope_arg(&self, rope: &Rope) -> Result<(RopeArg, CudaSlice<f32>, CudaSlice<u8>)> {
-        let inv = self.upload_slice(&rope.inv_freq)?;
-        let axis = self.upload_slice(&rope.axis)?;
-        let arg = RopeArg {
-            inv_freq: self.ptr(&inv),
-            axis: self.ptr(&axis),
-            rot_dim: rope.rot_dim as i32,
-            interleaved: (rope.layout == RopeLayout::InterleavedPairs) as i32,
-        };
-        Ok((arg, inv, axis))
-    }
-
     fn launch_rows(&self, rows: usize) -> LaunchConfig {
         LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
     }
 
-    /// Rotated q and k of every row ([rows, q_width], [rows, kv_width]); with `cache`, k and v also go to `slots`.
+    /// Rotated q and k of every row ([rows, q_width], [rows, kv_width]) at `positions` ([rows, 3] on the device);
+    /// with `cache`, k and v also go to its slots ([rows] on the device).
     fn rope_qkv(
         &self,
         qkv: &CudaTensor,
         shape: &AttentionShape,
         rope: &Rope,
-        positions: &[[u32; 3]],
-        cache: Option<(CacheLayer, &[u32])>,
+        positions: u64,
+        cache: Option<(CacheLayer, u64)>,
     ) -> Result<(CudaTensor, CudaTensor)> {
         let rows = qkv.rows;
         let q = self.alloc(rows, shape.q_width())?;
         let k = self.alloc(rows, shape.kv_width())?;
-        let flat: Vec<u32> = positions.iter().flatten().copied().collect();
-        let pos = self.upload_slice(&flat)?;
-        let (rope_arg, _inv, _axis) = self.rope_arg(rope)?;
-        let (layer, slots) = match cache {
-            Some((layer, slots)) => (Some(layer), Some(self.upload_slice(slots)?)),
-            None => (None, None),
-        };
-        let (kc, vc, ks, vs, dt) =
-            layer.map_or((0, 0, 0, 0, 0), |l| (l.k, l.v, l.k_scale, l.v_scale, kv_code(l.dtype)));
-        let slots_ptr = slots.as_ref().map_or(0, |s| self.ptr(s));
+        let rope_arg = RopeArg::new(rope)?;
+        let (kc, vc, ks, vs, dt, slots_ptr) =
+            cache.map_or((0, 0, 0, 0, 0, 0), |(l, slots)| (l.k, l.v, l.k_scale, l.v_scale, kv_code(l.dtype), slots));
         let (heads, kv_heads, d) = (shape.num_heads as i32, shape.num_kv_heads as i32, shape.head_dim as i32);
-        let (qkv_p, pos_p, q_p, k_p) = (self.ptr(&qkv.buf), self.ptr(&pos), self.ptr(&q.buf), self.ptr(&k.buf));
+        let (qkv_p, pos_p, q_p, k_p) = (self.ptr(&qkv.buf), positions, self.ptr(&q.buf), self.ptr(&k.buf));
         let mut b = self.stream.launch_builder(&self.k.rope_qkv);
         b.arg(&qkv_p).arg(&pos_p).arg(&rope_arg).arg(&heads).arg(&kv_heads).arg(&d).arg(&q_p).arg(&k_p);
         b.arg(&kc).arg(&vc).arg(&ks).arg(&vs).arg(&dt).arg(&slots_ptr);
@@ -207,34 +238,22 @@ impl CudaBackend {
     }
 
     /// Attention of each row over its keys (see kernels-cuda/attention.cu `attention`).
-    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         q: &CudaTensor,
         shape: &AttentionShape,
         kv: CacheLayer,
         (k_stride, v_stride): (usize, usize),
-        key_begin: &[u32],
-        key_count: &[u32],
-        paging: Option<(&[u32], &[u32], usize)>,
+        keys: &Keys,
     ) -> Result<CudaTensor> {
         let out = self.alloc(q.rows, shape.q_width())?;
         if q.rows == 0 {
             return Ok(out);
         }
-        let begin = self.upload_slice(key_begin)?;
-        let count = self.upload_slice(key_count)?;
-        let (table, offsets, block_size) = match paging {
-            Some((t, o, bs)) => (Some(self.upload_slice(t)?), Some(self.upload_slice(o)?), bs as i32),
-            None => (None, None, 1),
-        };
         let (heads, kv_heads, ks, vs) =
             (shape.num_heads as i32, shape.num_kv_heads as i32, k_stride as i32, v_stride as i32);
-        let (qp, bp, cp, outp) = (self.ptr(&q.buf), self.ptr(&begin), self.ptr(&count), self.ptr(&out.buf));
-        let tp = table.as_ref().map_or(0, |t| self.ptr(t));
-        let op = offsets.as_ref().map_or(0, |t| self.ptr(t));
-        let tiles = query_tiles(key_begin, paging.map(|(_, o, _)| o));
-        let prefill_sized = tiles.iter().any(|&(_, rows)| rows >= PREFILL_TILE_MIN_ROWS);
+        let (qp, bp, cp, outp) = (self.ptr(&q.buf), keys.begin, keys.count, self.ptr(&out.buf));
+        let (tp, op, block_size) = (keys.table, keys.offsets, keys.block_size);
         let tensor_core_kernel = match kv.dtype {
             KvDtype::Bf16 => &self.k.attention_tc_bf16_d128,
             KvDtype::Fp8E4m3 => &self.k.attention_tc_fp8_d128,
@@ -243,17 +262,16 @@ impl CudaBackend {
         // It reads 8 values of a head at a time: rows must start at multiples of 8 values of 16-byte aligned bases.
         let aligned = [kv.k, kv.v].iter().all(|p| p.is_multiple_of(16))
             && [k_stride, v_stride].iter().all(|s| s.is_multiple_of(8));
-        if self.paths.prefill_attention && prefill_sized && shape.head_dim == 128 && aligned {
+        if let Some((r0p, rnp, tiles)) =
+            keys.tiles.filter(|_| self.paths.prefill_attention && shape.head_dim == 128 && aligned)
+        {
             let kernel = tensor_core_kernel;
-            let (row0, rows): (Vec<u32>, Vec<u32>) = tiles.into_iter().unzip();
-            let (row0, rows) = (self.upload_slice(&row0)?, self.upload_slice(&rows)?);
-            let (r0p, rnp) = (self.ptr(&row0), self.ptr(&rows));
             let mut b = self.stream.launch_builder(kernel);
             b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&shape.scale).arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs);
             b.arg(&kv.k_scale).arg(&kv.v_scale);
             b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&r0p).arg(&rnp).arg(&outp);
             let cfg = LaunchConfig {
-                grid_dim: (row0.len() as u32, shape.num_heads as u32, 1),
+                grid_dim: (tiles as u32, shape.num_heads as u32, 1),
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
@@ -270,7 +288,7 @@ impl CudaBackend {
             )));
         }
         // Few (row, head) blocks and long contexts: split the keys, then merge the splits.
-        let longest = key_count.iter().copied().max().unwrap_or(0) as usize;
+        let longest = keys.longest;
         let few_blocks = q.rows * shape.num_heads < SPLIT_BELOW_BLOCKS;
         let splits = if self.paths.split_keys && few_blocks { longest.div_ceil(KEYS_PER_SPLIT).max(1) } else { 1 };
         let partial = if splits > 1 {
@@ -326,20 +344,20 @@ const SPLIT_BELOW_BLOCKS: usize = 1024;
 const PREFILL_TILE_ROWS: usize = 64;
 const PREFILL_TILE_MIN_ROWS: u32 = 16;
 
-/// Tiles (first row, rows) of at most PREFILL_TILE_ROWS consecutive rows that share their keys' source: the same
-/// block table (paged) or the same first key (contiguous segments).
-fn query_tiles(key_begin: &[u32], table_offset: Option<&[u32]>) -> Vec<(u32, u32)> {
-    let source = |r: usize| table_offset.map_or(key_begin[r], |o| o[r]);
-    let mut tiles: Vec<(u32, u32)> = Vec::new();
-    for r in 0..key_begin.len() {
-        match tiles.last_mut() {
-            Some((first, rows)) if (*rows as usize) < PREFILL_TILE_ROWS && source(*first as usize) == source(r) => {
-                *rows += 1
-            }
-            _ => tiles.push((r as u32, 1)),
-        }
+/// Keeps memory freed to the stream-ordered pool for the next allocation instead of returning it to the driver at
+/// every synchronisation (the pool's default), which would map and unmap activations each step.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    // SAFETY: the device comes from the context; the attribute takes a u64.
+    unsafe {
+        let pool = cudarc::driver::result::device::get_default_mem_pool(ctx.cu_device()).map_err(device_err)?;
+        let mut threshold = u64::MAX;
+        cudarc::driver::result::mem_pool::set_attribute(
+            pool,
+            cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .map_err(device_err)
     }
-    tiles
 }
 
 fn check_width(x: &CudaTensor, w: &CudaSlice<f32>) -> Result<()> {
@@ -366,6 +384,7 @@ impl Backend for CudaBackend {
     type Mlp = CudaMlp;
     type Experts = CudaExperts;
     type KvCache = CudaKvCache;
+    type Batch = CudaBatch;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -396,7 +415,14 @@ impl Backend for CudaBackend {
         let slots = spec.num_blocks * spec.block_size;
         let bytes = (slots * spec.num_kv_heads * spec.head_dim * spec.dtype.element_bytes()).max(1);
         let scales = if spec.dtype == KvDtype::Fp8E4m3 { slots * spec.num_kv_heads } else { 0 }.max(1);
-        let mut cache = CudaKvCache { spec: *spec, k: vec![], v: vec![], k_scale: vec![], v_scale: vec![] };
+        let mut cache = CudaKvCache {
+            spec: *spec,
+            k: vec![],
+            v: vec![],
+            k_scale: vec![],
+            v_scale: vec![],
+            graphs: Default::default(),
+        };
         for _ in 0..spec.num_layers {
             cache.k.push(self.stream.alloc_zeros::<u8>(bytes).map_err(device_err)?);
             cache.v.push(self.stream.alloc_zeros::<u8>(bytes).map_err(device_err)?);
@@ -404,6 +430,10 @@ impl Backend for CudaBackend {
             cache.v_scale.push(self.stream.alloc_zeros::<f32>(scales).map_err(device_err)?);
         }
         Ok(cache)
+    }
+
+    fn batch(&self, batch: &ForwardBatch, cache: &mut CudaKvCache) -> Result<CudaBatch> {
+        self.prepare_batch(batch, cache)
     }
 
     fn embed(&self, table: &CudaLinear, ids: &[u32]) -> Result<CudaTensor> {
@@ -457,7 +487,7 @@ impl Backend for CudaBackend {
         qkv: &CudaTensor,
         shape: &AttentionShape,
         rope: &Rope,
-        batch: &ForwardBatch,
+        batch: &CudaBatch,
         cache: &mut CudaKvCache,
         layer: usize,
     ) -> Result<CudaTensor> {
@@ -465,35 +495,11 @@ impl Backend for CudaBackend {
         if layer >= spec.num_layers || shape.num_kv_heads != spec.num_kv_heads || shape.head_dim != spec.head_dim {
             return Err(Error::KvCache(format!("layer {layer} or head shape does not match the cache {spec:?}")));
         }
-        if qkv.rows != batch.num_rows() || qkv.cols != shape.q_width() + 2 * shape.kv_width() {
+        // A decode step laid out for a graph has its bucket's rows, the batch's own first: outside run_decoder it runs
+        // over those alone.
+        if (qkv.rows != batch.rows && qkv.rows != batch.real_rows) || qkv.cols != shape.q_width() + 2 * shape.kv_width()
+        {
             return Err(Error::InvalidInput("attention input does not match the batch".into()));
-        }
-        // Per row: its cache slot, how many keys it sees, where its sequence's block table starts.
-        let rows = qkv.rows;
-        let (mut slots, mut counts, mut offsets) = (vec![0u32; rows], vec![0u32; rows], vec![0u32; rows]);
-        let mut tables = Vec::new();
-        let mut next = 0;
-        for s in &batch.seqs {
-            let needed = (s.context_len + s.rows.len()).div_ceil(spec.block_size);
-            if s.rows.start != next || s.block_table.len() < needed {
-                return Err(Error::KvCache("sequence rows out of order or too few KV blocks".into()));
-            }
-            if s.block_table.iter().any(|&b| b as usize >= spec.num_blocks) {
-                return Err(Error::KvCache(format!("block outside the pool of {}", spec.num_blocks)));
-            }
-            next = s.rows.end;
-            let offset = tables.len() as u32;
-            tables.extend_from_slice(&s.block_table);
-            for (i, r) in s.rows.clone().enumerate() {
-                let pos = s.context_len + i;
-                slots[r] =
-                    s.block_table[pos / spec.block_size] * spec.block_size as u32 + (pos % spec.block_size) as u32;
-                counts[r] = pos as u32 + 1;
-                offsets[r] = offset;
-            }
-        }
-        if next != rows {
-            return Err(Error::InvalidInput("forward batch rows must be covered by its sequences in order".into()));
         }
         let layer = CacheLayer {
             k: self.ptr(&cache.k[layer]),
@@ -502,10 +508,19 @@ impl Backend for CudaBackend {
             v_scale: self.ptr(&cache.v_scale[layer]),
             dtype: spec.dtype,
         };
-        let (q, _k) = self.rope_qkv(qkv, shape, rope, &batch.positions, Some((layer, &slots)))?;
+        let (q, _k) = self.rope_qkv(qkv, shape, rope, batch.positions, Some((layer, batch.slots)))?;
         let kvw = shape.kv_width();
-        let zeros = vec![0u32; rows];
-        self.attend(&q, shape, layer, (kvw, kvw), &zeros, &counts, Some((&tables, &offsets, spec.block_size)))
+        self.attend(&q, shape, layer, (kvw, kvw), &batch.keys)
+    }
+
+    fn run_decoder(
+        &self,
+        hidden: CudaTensor,
+        batch: &CudaBatch,
+        cache: &mut CudaKvCache,
+        layers: &mut DecoderLayers<'_, Self>,
+    ) -> Result<CudaTensor> {
+        self.run_graph_step(hidden, batch, cache, layers)
     }
 
     fn segment_attention(
@@ -523,6 +538,9 @@ impl Backend for CudaBackend {
         {
             return Err(Error::InvalidInput(format!("segment attention: bad input for segments {segments:?}")));
         }
+        let mut owned = Vec::new();
+        let flat: Vec<u32> = positions.iter().flatten().copied().collect();
+        let positions = self.keep(&mut owned, &flat)?;
         let (q, k) = self.rope_qkv(qkv, shape, rope, positions, None)?;
         let (mut begin, mut count) = (vec![0u32; qkv.rows], vec![0u32; qkv.rows]);
         for s in segments {
@@ -531,6 +549,15 @@ impl Backend for CudaBackend {
                 count[r] = s.len() as u32;
             }
         }
+        let keys = Keys {
+            begin: self.keep(&mut owned, &begin)?,
+            count: self.keep(&mut owned, &count)?,
+            table: 0,
+            offsets: 0,
+            block_size: 1,
+            longest: segments.iter().map(|s| s.len()).max().unwrap_or(0),
+            tiles: self.upload_tiles(&begin, None, &mut owned)?,
+        };
         let contiguous = CacheLayer {
             k: self.ptr(&k.buf),
             v: self.ptr(&qkv.buf) + ((shape.q_width() + shape.kv_width()) * 4) as u64,
@@ -538,7 +565,7 @@ impl Backend for CudaBackend {
             v_scale: 0,
             dtype: KvDtype::F32,
         };
-        self.attend(&q, shape, contiguous, (shape.kv_width(), qkv.cols), &begin, &count, None)
+        self.attend(&q, shape, contiguous, (shape.kv_width(), qkv.cols), &keys)
     }
 
     fn add(&self, x: &mut CudaTensor, delta: &CudaTensor) -> Result<()> {
@@ -663,23 +690,5 @@ impl CudaBackend {
         // SAFETY: matches kernels-cuda/elementwise.cu scatter_rows; indices checked by callers.
         unsafe { b.launch(self.launch_rows(idx.len())) }.map_err(device_err)?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_tiles_split_sequences_and_long_runs() {
-        // Paged: three sequences (block tables at 0, 5, 9) of 70, 1 and 3 rows; rows of one sequence share a tile,
-        // at most 64 per tile.
-        let offsets: Vec<u32> = [(0u32, 70usize), (5, 1), (9, 3)].iter().flat_map(|&(o, n)| vec![o; n]).collect();
-        let begin = vec![0u32; offsets.len()];
-        assert_eq!(query_tiles(&begin, Some(&offsets)), [(0, 64), (64, 6), (70, 1), (71, 3)]);
-        // Contiguous segments: two images of 20 and 130 patches starting at rows 0 and 20.
-        let begin: Vec<u32> = [(0u32, 20usize), (20, 130)].iter().flat_map(|&(b, n)| vec![b; n]).collect();
-        assert_eq!(query_tiles(&begin, None), [(0, 20), (20, 64), (84, 64), (148, 2)]);
-        assert!(query_tiles(&[], None).is_empty());
     }
 }

@@ -21,6 +21,8 @@ pub struct KernelPaths {
     pub device_argmax: bool,
     /// Keys of long contexts split over several blocks when a step has few (row, head) blocks (flash-decoding).
     pub split_keys: bool,
+    /// Decode steps recorded once per shape and replayed as CUDA graphs (`--disable-cuda-graph` also turns it off).
+    pub cuda_graphs: bool,
 }
 
 impl Default for KernelPaths {
@@ -32,14 +34,22 @@ impl Default for KernelPaths {
             grouped_moe: true,
             device_argmax: true,
             split_keys: true,
+            cuda_graphs: true,
         }
     }
 }
 
 impl KernelPaths {
     /// Names as `GENERIC_ENV` takes them.
-    pub const NAMES: [&'static str; 6] =
-        ["specialised-attention", "prefill-attention", "row-kernels", "grouped-moe", "device-argmax", "split-keys"];
+    pub const NAMES: [&'static str; 7] = [
+        "specialised-attention",
+        "prefill-attention",
+        "row-kernels",
+        "grouped-moe",
+        "device-argmax",
+        "split-keys",
+        "cuda-graphs",
+    ];
 
     fn flag(&mut self, name: &str) -> Option<&mut bool> {
         Some(match name {
@@ -49,6 +59,7 @@ impl KernelPaths {
             "grouped-moe" => &mut self.grouped_moe,
             "device-argmax" => &mut self.device_argmax,
             "split-keys" => &mut self.split_keys,
+            "cuda-graphs" => &mut self.cuda_graphs,
             _ => return None,
         })
     }
@@ -98,7 +109,7 @@ mod tests {
         assert_eq!(KernelPaths::parse("").unwrap(), KernelPaths::default());
         let p = KernelPaths::parse("grouped-moe, prefill-attention").unwrap();
         assert!(!p.grouped_moe && !p.prefill_attention);
-        assert!(p.specialised_attention && p.row_kernels && p.device_argmax && p.split_keys);
+        assert!(p.specialised_attention && p.row_kernels && p.device_argmax && p.split_keys && p.cuda_graphs);
         assert_eq!(p.generic(), ["prefill-attention", "grouped-moe"]);
         assert_eq!(KernelPaths::parse("all").unwrap().generic(), KernelPaths::NAMES);
         assert!(KernelPaths::default().generic().is_empty());

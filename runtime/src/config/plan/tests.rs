@@ -66,6 +66,8 @@ fn glm45v_fp8_on_one_h200() {
     // 48,400 (wider than the attention's 14336 + 12288 + 1024 + 12288 = 39,936) = 60,688 floats per token x 4 B x
     // 2048 = 497,156,096 B, well inside the 21.15 GB headroom.
     assert_eq!(plan.activation_estimate, 497_156_096);
+    // The largest recorded decode step, 256 rows of the same: 15,536,128 x 4 B.
+    assert_eq!(plan.graph_pool_estimate, 62_144_512);
 }
 
 /// With `--kv-cache-dtype fp8_e4m3` a token takes one byte per value plus an f32 scale per (layer, K/V, kv head).
