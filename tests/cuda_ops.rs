@@ -14,6 +14,7 @@ use glmv_runtime::{
         MlpSource, Rope, Routing, SeqSpan,
     },
     config::RopeLayout,
+    engine::sampler::Draw,
     weights::{LinearSource, WeightStore},
 };
 
@@ -441,5 +442,70 @@ fn argmax_rows_match_cpu() {
         assert_eq!(want[10], if cols == 1 { 0 } else { (cols / 3) as u32 }, "the first of two equal maxima");
         // Row 13 (every third value NaN) is checked by the comparison above only.
         assert_eq!([want[12], want[14], want[15]], [(cols / 2) as u32, 0, 0], "NaN and -inf rows");
+    }
+}
+
+/// Tokens drawn on the device are the host's (`Draw::sample`, what `sample` does with the same generator number) for
+/// every filter: plain temperature, top-k, top-p, min-p and their mixes, over the real vocabulary and an odd one, with
+/// ties, NaN and -inf. Rows whose 1,024 best candidates cannot decide (top-k over 1,024; a nucleus reaching past
+/// them) come back `None` for the host, and only those.
+#[test]
+fn sample_rows_match_host() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng::new(23);
+    let filters: [(f32, usize, f32, f32); 9] = [
+        (1.0, 0, 1.0, 0.0),
+        (0.6, 0, 1.0, 0.0),
+        (0.8, 2, 0.6, 0.0), // GLM-4.5V's generation_config.json: top_k 2, top_p 0.6
+        (1.0, 50, 1.0, 0.0),
+        (1.2, 1024, 0.95, 0.0),
+        (1.0, 0, 0.7, 0.0),
+        (0.9, 0, 1.0, 0.1),
+        (1.0, 40, 0.9, 0.05),
+        (1.0, 2000, 1.0, 0.0), // top-k beyond the head: the host's
+    ];
+    for cols in [1000usize, 151552] {
+        let (mut rows, mut draws) = (Vec::new(), Vec::new());
+        for (n, &(temperature, top_k, top_p, min_p)) in filters.iter().enumerate() {
+            for k in 0..6 {
+                // Peaked rows (a few large logits) and flat ones (the nucleus spreads over the vocabulary).
+                let spread = if k % 2 == 0 { 12.0 } else { 2.0 };
+                let mut row = rng.vec(cols, spread);
+                if k == 2 {
+                    row[cols / 5] = row.iter().copied().fold(f32::MIN, f32::max);
+                    row[cols / 2] = row[cols / 5]; // a tie at the top
+                }
+                if k == 3 {
+                    row.iter_mut().step_by(7).for_each(|v| *v = f32::NAN);
+                    row.iter_mut().skip(3).step_by(11).for_each(|v| *v = f32::NEG_INFINITY);
+                }
+                rows.push(row);
+                let uniform = ((n * 6 + k) as f32 * 0.137 + 0.01).fract();
+                draws.push(Draw { temperature, top_k, top_p, min_p, uniform });
+            }
+        }
+        rows.push(vec![f32::NEG_INFINITY; cols]);
+        draws.push(Draw { temperature: 1.0, top_k: 0, top_p: 0.9, min_p: 0.0, uniform: 0.5 });
+        let data: Vec<f32> = rows.concat();
+        let got = gpu.sample_rows(&gpu.upload(rows.len(), cols, &data).unwrap(), &draws).unwrap();
+        let mut left = 0;
+        for (i, (row, d)) in rows.iter().zip(&draws).enumerate() {
+            let want = d.sample(row);
+            match got[i] {
+                Some(token) => assert_eq!(token, want, "row {i} of {cols} columns, {d:?}"),
+                None => {
+                    left += 1;
+                    let flat_nucleus = d.top_k == 0 && d.top_p < 1.0;
+                    assert!(d.top_k > 1024 || flat_nucleus || d.min_p > 0.0, "row {i}: left to the host, {d:?}");
+                }
+            }
+        }
+        eprintln!("sample_rows over {} rows of {cols}: {left} left to the host", rows.len());
+        assert!(got.iter().filter(|t| t.is_some()).count() >= rows.len() - 6 - 12, "most rows decided on the device");
+        if cols > 1024 {
+            assert!(draws.iter().zip(&got).all(|(d, t)| d.top_k <= 1024 || t.is_none()), "top-k over the head");
+        }
+        // The GLM-4.5V defaults and every plain-temperature row are decided on the device.
+        assert!(got[..18].iter().all(Option::is_some));
     }
 }

@@ -13,8 +13,9 @@ pub use cpu::CpuBackend;
 pub use rope::Rope;
 
 use crate::{
+    engine::sampler::Draw,
     weights::{HostTensor, LinearSource},
-    Result,
+    Error, Result,
 };
 
 /// Heads of one attention layer.
@@ -264,6 +265,25 @@ pub trait Backend: Send + Sync {
     /// The greedy choice of each row (the index of its largest value), by the rule of
     /// [`crate::engine::sampler::argmax`]: a step's greedy tokens without copying its logits to the host.
     fn argmax_rows(&self, x: &Self::Tensor) -> Result<Vec<u32>>;
+    /// Each row's token as [`Draw::sample`] draws it from that row of `x` (temperature, top-k, top-p and min-p over
+    /// the raw logits, with the draw's uniform number), or `None` where the backend leaves the row to the host (a
+    /// nucleus its candidates cannot decide). One draw per row. Default: on the host, every row decided.
+    fn sample_rows(&self, x: &Self::Tensor, draws: &[Draw]) -> Result<Vec<Option<u32>>> {
+        sample_rows_on_host(self, x, draws)
+    }
+}
+
+/// [`Backend::sample_rows`] on the host: the logits copied, every row drawn by [`Draw::sample`].
+pub fn sample_rows_on_host<B: Backend + ?Sized>(be: &B, x: &B::Tensor, draws: &[Draw]) -> Result<Vec<Option<u32>>> {
+    if draws.is_empty() {
+        return Ok(Vec::new());
+    }
+    let host = be.to_host(x)?;
+    if host.len() % draws.len() != 0 {
+        return Err(Error::InvalidInput(format!("{} draws for {} logits", draws.len(), host.len())));
+    }
+    let cols = host.len() / draws.len();
+    Ok(draws.iter().zip(host.chunks(cols.max(1))).map(|(d, row)| Some(d.sample(row))).collect())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     blocks::{block_hash, BlockPool},
-    sampler::{apply_penalties, log_softmax, sample, Rng, SamplingParams},
+    sampler::{apply_penalties, log_softmax, sample, Draw, Rng, SamplingParams},
     scheduler::{Chunk, Scheduler, SchedulerConfig, SchedulerStats, SeqId, SubmitError},
 };
 use crate::{
@@ -52,10 +52,17 @@ pub struct Request {
 }
 
 impl Request {
-    /// Whether the next token is the argmax of the raw logits and nothing else is read from them: the backend then
-    /// picks it where the logits are, and they are not copied to the host.
-    fn picks_on_device(&self) -> bool {
-        self.logprobs.is_none() && self.sampling.is_greedy_on_raw_logits()
+    /// Where the next token is chosen. When only the choice reads the raw logits (no logprobs, bias or penalty), the
+    /// backend makes it where the logits are: the argmax, or a draw with the generator's next number (taken here, so
+    /// that a request consumes its generator the same way whatever it is batched with); else on the host.
+    fn pick(&self, rng: &mut Rng) -> Pick {
+        if self.logprobs.is_some() || !self.sampling.samples_raw_logits() {
+            Pick::Host
+        } else if self.sampling.temperature <= 0.0 {
+            Pick::Greedy
+        } else {
+            Pick::Draw(Draw::new(&self.sampling, rng.next_f32()))
+        }
     }
 
     pub fn new(prompt: Prompt, max_tokens: usize) -> Self {
@@ -401,16 +408,17 @@ impl<B: Backend> Engine<B> {
         let sampling: Vec<&Chunk> = plan.chunks.iter().filter(|c| c.samples).collect();
         for (c, row) in sampling.iter().zip(rows) {
             let choice = match row {
-                SampledRow::Greedy(token) => Choice::Greedy(token),
-                SampledRow::OnHost(j) => Choice::Logits(&host_logits[j * vocab..(j + 1) * vocab]),
+                SampledRow::Chosen(token) => Choice::Token(token),
+                SampledRow::OnHost(j, uniform) => Choice::Logits(&host_logits[j * vocab..(j + 1) * vocab], uniform),
             };
             self.advance(c.seq, choice, &mut events);
         }
         Ok(events)
     }
 
-    /// One forward over all planned chunks. For the last row of each sampling chunk: its greedy token, chosen on
-    /// the backend's device, or the index of its logits in the returned host rows (when its request needs them).
+    /// One forward over all planned chunks. For the last row of each sampling chunk: its token, chosen on the
+    /// backend's device, or the index of its logits in the returned host rows (when its request needs them, or the
+    /// device left a draw to the host).
     fn forward(&mut self, chunks: &[Chunk]) -> Result<(Vec<SampledRow>, Vec<f32>)> {
         let p = &self.pipeline;
         let be = &p.backend;
@@ -418,9 +426,9 @@ impl<B: Backend> Engine<B> {
         let mut ids = Vec::new();
         let mut batch = ForwardBatch::default();
         let (mut vision_rows, mut vision_data) = (Vec::new(), Vec::new());
-        let (mut sample_rows, mut on_device) = (Vec::new(), Vec::new());
+        let (mut sample_rows, mut picks) = (Vec::new(), Vec::new());
         for c in chunks {
-            let s = &self.seqs[&c.seq];
+            let s = self.seqs.get_mut(&c.seq).expect("planned sequence exists");
             let first = ids.len();
             for i in c.start..c.start + c.len {
                 ids.push(s.ids[i]);
@@ -441,7 +449,7 @@ impl<B: Backend> Engine<B> {
             });
             if c.samples {
                 sample_rows.push(ids.len() - 1);
-                on_device.push(s.req.picks_on_device());
+                picks.push(s.req.pick(&mut s.rng));
             }
         }
         let mut hidden = p.model.embed(be, &ids)?;
@@ -454,23 +462,44 @@ impl<B: Backend> Engine<B> {
             return Ok((Vec::new(), Vec::new()));
         }
         let logits = p.model.logits_on_device(be, &out, &sample_rows)?;
-        let greedy = if on_device.contains(&true) { be.argmax_rows(&logits)? } else { Vec::new() };
-        let host_rows: Vec<usize> = (0..sample_rows.len()).filter(|&i| !on_device[i]).collect();
+        let mut chosen: Vec<Option<u32>> = vec![None; picks.len()];
+        if picks.contains(&Pick::Greedy) {
+            let greedy = be.argmax_rows(&logits)?;
+            for (i, _) in picks.iter().enumerate().filter(|(_, p)| **p == Pick::Greedy) {
+                chosen[i] = Some(greedy[i]);
+            }
+        }
+        let (draw_rows, draws): (Vec<usize>, Vec<Draw>) = picks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| if let Pick::Draw(d) = p { Some((i, *d)) } else { None })
+            .unzip();
+        if !draws.is_empty() {
+            let drawn = match draw_rows.len() {
+                n if n == picks.len() => be.sample_rows(&logits, &draws)?,
+                _ => be.sample_rows(&be.select_rows(&logits, &draw_rows)?, &draws)?,
+            };
+            for (&i, token) in draw_rows.iter().zip(drawn) {
+                chosen[i] = token;
+            }
+        }
+        // Rows still open: their requests read the logits, or the device left the draw to the host.
+        let host_rows: Vec<usize> = (0..picks.len()).filter(|&i| chosen[i].is_none()).collect();
         let host_logits = match host_rows.len() {
             0 => Vec::new(),
-            n if n == sample_rows.len() => be.to_host(&logits)?,
+            n if n == picks.len() => be.to_host(&logits)?,
             _ => be.to_host(&be.select_rows(&logits, &host_rows)?)?,
         };
         let mut next_host = 0;
-        let rows = on_device
+        let rows = picks
             .iter()
-            .enumerate()
-            .map(|(i, &device)| {
-                if device {
-                    SampledRow::Greedy(greedy[i])
-                } else {
+            .zip(chosen)
+            .map(|(pick, token)| match token {
+                Some(token) => SampledRow::Chosen(token),
+                None => {
                     next_host += 1;
-                    SampledRow::OnHost(next_host - 1)
+                    let uniform = if let Pick::Draw(d) = pick { Some(d.uniform) } else { None };
+                    SampledRow::OnHost(next_host - 1, uniform)
                 }
             })
             .collect();
@@ -485,8 +514,10 @@ impl<B: Backend> Engine<B> {
         let token = match forced_think_token(self.think, req.thinking_budget, &s.ids) {
             Some(t) => t,
             None => match logits {
-                Choice::Greedy(token) => token,
-                Choice::Logits(logits) => {
+                Choice::Token(token) => token,
+                // A draw the device left to the host: its number was taken when the step was planned.
+                Choice::Logits(logits, Some(uniform)) => Draw::new(&req.sampling, uniform).sample(logits),
+                Choice::Logits(logits, None) => {
                     let mut processed = logits.to_vec();
                     apply_penalties(&mut processed, &req.sampling, &s.ids[..s.prompt_len], &s.counts);
                     sample(&processed, &req.sampling, &mut s.rng)
@@ -495,8 +526,8 @@ impl<B: Backend> Engine<B> {
         };
         let info = match (req.logprobs, logits) {
             (None, _) => TokenInfo { id: token, logprob: None, top_logprobs: Vec::new() },
-            (Some(_), Choice::Greedy(_)) => unreachable!("requests with logprobs keep their logits (picks_on_device)"),
-            (Some(k), Choice::Logits(logits)) => {
+            (Some(_), Choice::Token(_)) => unreachable!("requests with logprobs keep their logits (Request::pick)"),
+            (Some(k), Choice::Logits(logits, _)) => {
                 let lp = log_softmax(logits);
                 let mut order: Vec<u32> = (0..lp.len() as u32).collect();
                 order.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
@@ -557,19 +588,27 @@ impl<B: Backend> Engine<B> {
     }
 }
 
+/// Where a sampling row's token is chosen (see [`Request::pick`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pick {
+    Greedy,
+    Draw(Draw),
+    Host,
+}
+
 /// How a step chose (or will choose) one sampling row's token.
 enum SampledRow {
-    /// The backend's argmax.
-    Greedy(u32),
-    /// Its logits are row j of the step's host logits.
-    OnHost(usize),
+    /// On the backend's device.
+    Chosen(u32),
+    /// Its logits are row j of the step's host logits; with the uniform number of a draw left to the host.
+    OnHost(usize, Option<f32>),
 }
 
 /// What `advance` gets for one sequence.
 #[derive(Clone, Copy)]
 enum Choice<'a> {
-    Greedy(u32),
-    Logits(&'a [f32]),
+    Token(u32),
+    Logits(&'a [f32], Option<f32>),
 }
 
 fn submit_error(e: SubmitError) -> Error {

@@ -41,14 +41,48 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
-    /// Whether [`sample`] after [`apply_penalties`] is [`argmax`] of the raw logits: greedy, no bias, no penalty.
-    pub fn is_greedy_on_raw_logits(&self) -> bool {
+    /// Whether [`apply_penalties`] leaves the logits as they are (no bias, no penalty): [`sample`] then reads the raw
+    /// logits, and a backend can choose the token where they are.
+    pub fn samples_raw_logits(&self) -> bool {
         let no_repetition_penalty = self.repetition_penalty == 1.0 || self.repetition_penalty <= 0.0;
-        self.temperature <= 0.0
-            && self.logit_bias.is_empty()
+        self.logit_bias.is_empty()
             && no_repetition_penalty
             && self.frequency_penalty == 0.0
             && self.presence_penalty == 0.0
+    }
+
+    /// Whether [`sample`] after [`apply_penalties`] is [`argmax`] of the raw logits: greedy, no bias, no penalty.
+    pub fn is_greedy_on_raw_logits(&self) -> bool {
+        self.temperature <= 0.0 && self.samples_raw_logits()
+    }
+}
+
+/// One row's draw as a backend makes it: [`sample_with_uniform`] with these filters and this uniform number.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draw {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub min_p: f32,
+    /// In [0, 1): the request generator's next number.
+    pub uniform: f32,
+}
+
+impl Draw {
+    pub fn new(params: &SamplingParams, uniform: f32) -> Self {
+        Draw { temperature: params.temperature, top_p: params.top_p, top_k: params.top_k, min_p: params.min_p, uniform }
+    }
+
+    /// The token [`sample`] draws from `logits` with these filters when its generator yields `uniform`.
+    pub fn sample(&self, logits: &[f32]) -> u32 {
+        let params = SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            ..SamplingParams::default()
+        };
+        sample_with_uniform(logits, &params, self.uniform)
     }
 }
 
@@ -133,6 +167,16 @@ pub fn argmax(logits: &[f32]) -> u32 {
 const PARTIAL_CANDIDATES: usize = 1024;
 
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
+    sample_drawing(logits, params, || rng.next_f32())
+}
+
+/// [`sample`] with the generator's number given: what a backend that draws on its device must match.
+pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, uniform: f32) -> u32 {
+    sample_drawing(logits, params, || uniform)
+}
+
+/// [`sample`], taking its one uniform number from `draw` (called at most once, only when the draw is random).
+fn sample_drawing(logits: &[f32], params: &SamplingParams, draw: impl FnOnce() -> f32) -> u32 {
     if params.temperature <= 0.0 || logits.len() <= 1 {
         return argmax(logits);
     }
@@ -146,7 +190,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
     if !filtered {
         // Plain temperature sampling: one pass for the total, one to find the draw.
         let total: f32 = logits.iter().map(|&v| weight(v)).sum();
-        let mut r = rng.next_f32() * total;
+        let mut r = draw() * total;
         let mut last = 0;
         for (i, &v) in logits.iter().enumerate() {
             let w = weight(v);
@@ -203,7 +247,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
         probs.truncate(keep);
     }
     let total: f32 = probs.iter().sum();
-    let mut r = rng.next_f32() * total;
+    let mut r = draw() * total;
     for (i, p) in probs.iter().enumerate() {
         if r < *p {
             return cand[i].0;
@@ -367,6 +411,28 @@ mod tests {
             for _ in 0..200 {
                 assert_eq!(sample(&logits, &params, &mut a), reference(&mut b), "{params:?}");
             }
+        }
+    }
+
+    /// A backend's draw ([`Draw::sample`], the engine's host fallback too) is [`sample`] given the generator's
+    /// number, for every filter, and a row sampled that way takes exactly one number.
+    #[test]
+    fn draws_with_the_generators_number_are_sample() {
+        let mut rng = Rng::new(3);
+        let logits: Vec<f32> = (0..3000).map(|_| (rng.next_f32() - 0.5) * 12.0).collect();
+        for params in [
+            SamplingParams { temperature: 0.7, ..Default::default() },
+            SamplingParams { temperature: 1.3, top_k: 40, ..Default::default() },
+            SamplingParams { temperature: 1.0, top_p: 0.6, ..Default::default() },
+            SamplingParams { temperature: 0.8, top_k: 2000, top_p: 0.9, min_p: 0.05, ..Default::default() },
+            SamplingParams { temperature: 1.0, min_p: 0.2, ..Default::default() },
+        ] {
+            let (mut by_sample, mut by_draw) = (Rng::new(17), Rng::new(17));
+            for _ in 0..50 {
+                let draw = Draw::new(&params, by_draw.next_f32());
+                assert_eq!(sample(&logits, &params, &mut by_sample), draw.sample(&logits), "{params:?}");
+            }
+            assert_eq!(by_sample.next_u64(), by_draw.next_u64(), "{params:?}: one number per draw");
         }
     }
 

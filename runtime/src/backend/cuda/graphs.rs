@@ -122,7 +122,9 @@ impl CudaBackend {
             return Err(Error::InvalidInput(format!("{} hidden rows for a batch of {}", hidden.rows, batch.real_rows)));
         }
         // Out of the cache while the layers borrow it; put back whatever happens.
-        let i = cache.graphs.buckets.iter().position(|b| b.rows == key.rows).expect("prepare_batch made the bucket");
+        let Some(i) = cache.graphs.buckets.iter().position(|b| b.rows == key.rows) else {
+            return Err(Error::InvalidInput("the batch was prepared for another KV cache".into()));
+        };
         let mut bucket = cache.graphs.buckets.swap_remove(i);
         let result = self.replay(&mut bucket, key, hidden, batch, cache, layers);
         cache.graphs.buckets.push(bucket);

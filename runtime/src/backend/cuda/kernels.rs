@@ -63,6 +63,8 @@ pub struct Kernels<F = CudaFunction> {
     pub moe_combine: F,
     /// Greedy tokens: one block per row of logits.
     pub argmax_rows: F,
+    /// Temperature / top-k / top-p / min-p draws over each row's best 1024 candidates (kernels-cuda/sampling.cu).
+    pub sample_rows: F,
     /// GEMVs and expert rows compiled for the models' reduction widths (glmv-codegen's row kernels).
     pub rows: Vec<(RowKernel, F)>,
 }
@@ -128,6 +130,7 @@ impl<F> Kernels<F> {
             moe_down_tc: per_dtype("moe", "moe_down_tc")?,
             moe_combine: f("moe", "moe_combine")?,
             argmax_rows: f("sampling", "argmax_rows")?,
+            sample_rows: f("sampling", "sample_rows")?,
             rows: glmv_codegen::row_kernels()
                 .into_iter()
                 .map(|k| Ok((k, f("rows_specialised", &k.symbol())?)))

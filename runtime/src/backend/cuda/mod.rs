@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     config::RopeLayout,
+    engine::sampler::Draw,
     weights::{HostTensor, LinearSource},
     Error, Result,
 };
@@ -658,7 +659,52 @@ impl Backend for CudaBackend {
         unsafe { b.launch(cfg) }.map_err(device_err)?;
         self.stream.clone_dtoh(&out).map_err(device_err)
     }
+
+    fn sample_rows(&self, x: &CudaTensor, draws: &[Draw]) -> Result<Vec<Option<u32>>> {
+        if draws.len() != x.rows {
+            return Err(Error::InvalidInput(format!("{} draws for {} rows of logits", draws.len(), x.rows)));
+        }
+        if !self.paths.device_sampling || draws.is_empty() {
+            return super::sample_rows_on_host(self, x, draws);
+        }
+        let args: Vec<DrawArg> = draws
+            .iter()
+            .map(|d| DrawArg {
+                temperature: d.temperature,
+                top_p: d.top_p,
+                min_p: d.min_p,
+                uniform: d.uniform,
+                top_k: d.top_k.min(i32::MAX as usize) as i32,
+            })
+            .collect();
+        let args = self.upload_slice(&args)?;
+        let out = self.stream.alloc_zeros::<i32>(x.rows).map_err(device_err)?;
+        let (xp, cols, ap, op) = (self.ptr(&x.buf), x.cols as i32, self.ptr(&args), self.ptr(&out));
+        let mut b = self.stream.launch_builder(&self.k.sample_rows);
+        b.arg(&xp).arg(&cols).arg(&ap).arg(&op);
+        let cfg =
+            LaunchConfig { grid_dim: (x.rows as u32, 1, 1), block_dim: (SAMPLE_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: matches kernels-cuda/sampling.cu sample_rows; x is [rows, cols], one DrawArg and one i32 per row.
+        unsafe { b.launch(cfg) }.map_err(device_err)?;
+        let tokens = self.stream.clone_dtoh(&out).map_err(device_err)?;
+        Ok(tokens.into_iter().map(|t| u32::try_from(t).ok()).collect())
+    }
 }
+
+/// The `DrawArg` struct of kernels-cuda/sampling.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DrawArg {
+    temperature: f32,
+    top_p: f32,
+    min_p: f32,
+    uniform: f32,
+    top_k: i32,
+}
+unsafe impl cudarc::driver::DeviceRepr for DrawArg {}
+
+/// Threads per row of kernels-cuda/sampling.cu sample_rows (SAMPLE_THREADS).
+const SAMPLE_THREADS: u32 = 1024;
 
 impl CudaBackend {
     fn gather(&self, x: &CudaTensor, idx: &[u32]) -> Result<CudaTensor> {

@@ -21,6 +21,8 @@ pub struct KernelPaths {
     pub device_argmax: bool,
     /// Keys of long contexts split over several blocks when a step has few (row, head) blocks (flash-decoding).
     pub split_keys: bool,
+    /// Temperature / top-k / top-p draws on the device; off: the logits are copied and the host draws.
+    pub device_sampling: bool,
     /// Decode steps recorded once per shape and replayed as CUDA graphs (`--disable-cuda-graph` also turns it off).
     pub cuda_graphs: bool,
 }
@@ -34,6 +36,7 @@ impl Default for KernelPaths {
             grouped_moe: true,
             device_argmax: true,
             split_keys: true,
+            device_sampling: true,
             cuda_graphs: true,
         }
     }
@@ -41,13 +44,14 @@ impl Default for KernelPaths {
 
 impl KernelPaths {
     /// Names as `GENERIC_ENV` takes them.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "specialised-attention",
         "prefill-attention",
         "row-kernels",
         "grouped-moe",
         "device-argmax",
         "split-keys",
+        "device-sampling",
         "cuda-graphs",
     ];
 
@@ -59,6 +63,7 @@ impl KernelPaths {
             "grouped-moe" => &mut self.grouped_moe,
             "device-argmax" => &mut self.device_argmax,
             "split-keys" => &mut self.split_keys,
+            "device-sampling" => &mut self.device_sampling,
             "cuda-graphs" => &mut self.cuda_graphs,
             _ => return None,
         })
@@ -109,7 +114,14 @@ mod tests {
         assert_eq!(KernelPaths::parse("").unwrap(), KernelPaths::default());
         let p = KernelPaths::parse("grouped-moe, prefill-attention").unwrap();
         assert!(!p.grouped_moe && !p.prefill_attention);
-        assert!(p.specialised_attention && p.row_kernels && p.device_argmax && p.split_keys && p.cuda_graphs);
+        assert!(
+            p.specialised_attention
+                && p.row_kernels
+                && p.device_argmax
+                && p.split_keys
+                && p.device_sampling
+                && p.cuda_graphs
+        );
         assert_eq!(p.generic(), ["prefill-attention", "grouped-moe"]);
         assert_eq!(KernelPaths::parse("all").unwrap().generic(), KernelPaths::NAMES);
         assert!(KernelPaths::default().generic().is_empty());
