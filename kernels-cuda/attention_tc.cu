@@ -11,6 +11,11 @@
 // Rows and keys follow attention.cuh: row r attends keys j < key_count[r] of its sequence, found through the block
 // table at table_offset[r] (paged) or at key_begin[r] + j; a tile's rows share their sequence (the host builds the
 // tiles), so the tile's first row gives the key source, and each row's key_count masks the rest (causality).
+//
+// GQA (decode rows): a tile is instead the query heads of one kv head for one query row, so each key and value of
+// that kv head is read once for all of them (GLM-4.5V: 12 heads, GLM-4.1V: 16), and with `partial` set block z of
+// gridDim.z takes keys [z * keys_per_split, (z + 1) * keys_per_split) and writes its unnormalised result in
+// attention.cuh's split layout, which attention_combine merges (flash-decoding).
 #include "mma.cuh"
 
 #define FA_D 128
@@ -56,14 +61,16 @@ __device__ __forceinline__ void load8_bf16(const void* base, size_t i, uint4& hi
   }
 }
 
-// grid (tiles, heads), FA_ROWS * 2 threads. Tile t covers rows tile_row0[t] .. + tile_rows[t]. KV: KV_BF16, KV_FP8
-// (k_scale / v_scale[slot * kv_heads + kv head], unused otherwise) or KV_F32 (keys in steps of 32: hi and lo tiles).
-template <int KV>
+// Prefill: grid (tiles, heads), tile t covers rows tile_row0[t] .. + tile_rows[t] of head blockIdx.y. GQA: grid
+// (rows, kv_heads, splits), the tile is heads / kv_heads (<= FA_ROWS) heads of row blockIdx.x. FA_ROWS * 2 threads.
+// KV: KV_BF16, KV_FP8 (k_scale / v_scale[slot * kv_heads + kv head], unused otherwise) or KV_F32 (keys in steps of
+// 32: hi and lo tiles).
+template <int KV, bool GQA>
 __device__ void attention_tc(const float* q, int heads, int kv_heads, float scale, const void* k, int k_stride,
                              const void* v, int v_stride, const float* k_scale, const float* v_scale,
                              const uint32_t* key_begin, const uint32_t* key_count, const uint32_t* block_table,
                              const uint32_t* table_offset, int block_size, const uint32_t* tile_row0,
-                             const uint32_t* tile_rows, float* out) {
+                             const uint32_t* tile_rows, int keys_per_split, float* partial, float* out) {
   constexpr bool SCALED = KV == KV_FP8, SPLIT = KV == KV_F32;
   constexpr int KEYS = SPLIT ? 32 : 64;  // keys per step
   constexpr int LDV = KEYS + 8;          // transposed V tile row: KEYS BF16 + padding
@@ -81,9 +88,13 @@ __device__ void attention_tc(const float* q, int heads, int kv_heads, float scal
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int group = lane / 4, pair = (lane % 4) * 2;
-  const int h = blockIdx.y, kvh = h / (heads / kv_heads);
-  const uint32_t row0 = tile_row0[blockIdx.x];
-  const int rows = tile_rows[blockIdx.x];
+  const int heads_per_kv = heads / kv_heads;
+  const int kvh = GQA ? blockIdx.y : blockIdx.y / heads_per_kv;
+  const uint32_t row0 = GQA ? blockIdx.x : tile_row0[blockIdx.x];
+  const int rows = GQA ? heads_per_kv : tile_rows[blockIdx.x];
+  // Query row and head of tile row r.
+  auto row_of = [&](int r) -> size_t { return GQA ? row0 : row0 + r; };
+  auto head_of = [&](int r) -> int { return GQA ? kvh * heads_per_kv + r : blockIdx.y; };
   const uint32_t* table = block_table != nullptr ? block_table + table_offset[row0] : nullptr;
   const uint32_t begin = key_begin[row0];
   const size_t q_stride = (size_t)heads * FA_D;
@@ -93,10 +104,10 @@ __device__ void attention_tc(const float* q, int heads, int kv_heads, float scal
   __nv_bfloat16* ql = smem + FA_ROWS * FA_LDK;
   for (int i = tid; i < FA_ROWS * FA_D; i += blockDim.x) {
     int r = i / FA_D, c = i % FA_D;
-    float x = r < rows ? q[(row0 + r) * q_stride + (size_t)h * FA_D + c] * scale : 0.0f;
+    float x = r < rows ? q[row_of(r) * q_stride + (size_t)head_of(r) * FA_D + c] * scale : 0.0f;
     split_bf16(x, qh[r * FA_LDK + c], ql[r * FA_LDK + c]);
   }
-  if (tid < FA_ROWS) row_count[tid] = tid < rows ? key_count[row0 + tid] : 0;
+  if (tid < FA_ROWS) row_count[tid] = tid < rows ? key_count[row_of(tid)] : 0;
   __syncthreads();
   if (tid == 0) {
     uint32_t most = 0;
@@ -111,13 +122,15 @@ __device__ void attention_tc(const float* q, int heads, int kv_heads, float scal
     load_a<FA_LDK>(q_lo[s], ql, wr, s * 16, group, pair);
   }
   __syncthreads();
-  const uint32_t keys = tile_keys;
+  // This block's keys: all the tile's, or its split's.
+  const uint32_t first = partial != nullptr ? blockIdx.z * (uint32_t)keys_per_split : 0;
+  const uint32_t keys = partial != nullptr ? min(tile_keys, first + (uint32_t)keys_per_split) : tile_keys;
   // This thread's two rows (group and group + 8 of the warp's 16) and how many keys each sees.
-  const uint32_t count0 = row_count[wr + group], count1 = row_count[wr + group + 8];
+  const uint32_t count0 = min(row_count[wr + group], keys), count1 = min(row_count[wr + group + 8], keys);
 
   float o[FA_D / 8][4] = {};
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  for (uint32_t kt = 0; kt < keys; kt += KEYS) {
+  for (uint32_t kt = first; kt < keys; kt += KEYS) {
     // K tile [key][dim] and V tile transposed [dim][key], 16 bytes (8 dims of one key) per load.
     for (int i = tid; i < KEYS * (FA_D / 8); i += blockDim.x) {
       int j = i / (FA_D / 8), c = (i % (FA_D / 8)) * 8;
@@ -239,8 +252,22 @@ __device__ void attention_tc(const float* q, int heads, int kv_heads, float scal
   for (int hr = 0; hr < 2; ++hr) {
     int r = wr + group + hr * 8;
     if (r >= rows) continue;
+    if (partial != nullptr) {
+      // Unnormalised, as attention.cuh's splits: max, sum, then the head's values (-inf, 0, 0 without keys).
+      float* dst = partial + ((row_of(r) * heads + head_of(r)) * gridDim.z + blockIdx.z) * (FA_D + 2);
+      if (pair == 0) {
+        dst[0] = m[hr];
+        dst[1] = l[hr];
+      }
+#pragma unroll
+      for (int dt = 0; dt < FA_D / 8; ++dt) {
+        dst[2 + dt * 8 + pair] = o[dt][hr * 2];
+        dst[2 + dt * 8 + pair + 1] = o[dt][hr * 2 + 1];
+      }
+      continue;
+    }
     float total = l[hr] > 0.0f ? l[hr] : 1.0f;  // a row without keys (never planned) writes zeros
-    float* dst = out + (row0 + r) * q_stride + (size_t)h * FA_D;
+    float* dst = out + row_of(r) * q_stride + (size_t)head_of(r) * FA_D;
 #pragma unroll
     for (int dt = 0; dt < FA_D / 8; ++dt) {
       dst[dt * 8 + pair] = o[dt][hr * 2] / total;
@@ -249,15 +276,19 @@ __device__ void attention_tc(const float* q, int heads, int kv_heads, float scal
   }
 }
 
-#define ATTENTION_TC_KERNEL(NAME, KV)                                                                              \
+#define ATTENTION_TC_KERNEL(NAME, KV, GQA)                                                                         \
   extern "C" __global__ void __launch_bounds__(128)                                                               \
       NAME(const float* q, int heads, int kv_heads, float scale, const void* k, int k_stride, const void* v,       \
            int v_stride, const float* k_scale, const float* v_scale, const uint32_t* key_begin,                    \
            const uint32_t* key_count, const uint32_t* block_table, const uint32_t* table_offset, int block_size,   \
-           const uint32_t* tile_row0, const uint32_t* tile_rows, float* out) {                                     \
-    attention_tc<KV>(q, heads, kv_heads, scale, k, k_stride, v, v_stride, k_scale, v_scale, key_begin, key_count,  \
-                     block_table, table_offset, block_size, tile_row0, tile_rows, out);                            \
+           const uint32_t* tile_row0, const uint32_t* tile_rows, int keys_per_split, float* partial, float* out) {  \
+    attention_tc<KV, GQA>(q, heads, kv_heads, scale, k, k_stride, v, v_stride, k_scale, v_scale, key_begin,        \
+                          key_count, block_table, table_offset, block_size, tile_row0, tile_rows, keys_per_split,  \
+                          partial, out);                                                                           \
   }
-ATTENTION_TC_KERNEL(attention_tc_bf16_d128, KV_BF16)
-ATTENTION_TC_KERNEL(attention_tc_fp8_d128, KV_FP8)
-ATTENTION_TC_KERNEL(attention_tc_f32_d128, KV_F32)
+ATTENTION_TC_KERNEL(attention_tc_bf16_d128, KV_BF16, false)
+ATTENTION_TC_KERNEL(attention_tc_fp8_d128, KV_FP8, false)
+ATTENTION_TC_KERNEL(attention_tc_f32_d128, KV_F32, false)
+ATTENTION_TC_KERNEL(attention_gqa_tc_bf16_d128, KV_BF16, true)
+ATTENTION_TC_KERNEL(attention_gqa_tc_fp8_d128, KV_FP8, true)
+ATTENTION_TC_KERNEL(attention_gqa_tc_f32_d128, KV_F32, true)

@@ -74,10 +74,14 @@ fn grouped_expert_gemms_use_tensor_cores_on_sm90a() {
     assert_tensor_cores("moe", &names);
 }
 
-/// Attention over prefill chunks.
+/// Attention over prefill chunks, and over decode rows a kv head's query heads at a time.
 #[test]
-fn prefill_attention_uses_tensor_cores_on_sm90a() {
-    assert_tensor_cores("attention_tc", &["bf16", "fp8", "f32"].map(|kv| format!("attention_tc_{kv}_d128")));
+fn prefill_and_gqa_attention_use_tensor_cores_on_sm90a() {
+    let names: Vec<String> = ["bf16", "fp8", "f32"]
+        .iter()
+        .flat_map(|kv| [format!("attention_tc_{kv}_d128"), format!("attention_gqa_tc_{kv}_d128")])
+        .collect();
+    assert_tensor_cores("attention_tc", &names);
 }
 
 /// Every attention kernel glmv-codegen lists is built for both architectures: the backend looks each up by name

@@ -52,6 +52,11 @@ pub struct Kernels<F = CudaFunction> {
     pub attention_tc_bf16_d128: F,
     pub attention_tc_fp8_d128: F,
     pub attention_tc_f32_d128: F,
+    /// The same kernels over decode rows: a tile is the query heads of one kv head, so each key is read once for all
+    /// of them; splits keys like the generic kernels.
+    pub attention_gqa_tc_bf16_d128: F,
+    pub attention_gqa_tc_fp8_d128: F,
+    pub attention_gqa_tc_f32_d128: F,
     pub moe_route: F,
     pub moe_gate_up: [F; 4],
     pub moe_down: [F; 4],
@@ -122,6 +127,9 @@ impl<F> Kernels<F> {
             attention_tc_bf16_d128: f("attention_tc", "attention_tc_bf16_d128")?,
             attention_tc_fp8_d128: f("attention_tc", "attention_tc_fp8_d128")?,
             attention_tc_f32_d128: f("attention_tc", "attention_tc_f32_d128")?,
+            attention_gqa_tc_bf16_d128: f("attention_tc", "attention_gqa_tc_bf16_d128")?,
+            attention_gqa_tc_fp8_d128: f("attention_tc", "attention_gqa_tc_fp8_d128")?,
+            attention_gqa_tc_f32_d128: f("attention_tc", "attention_gqa_tc_f32_d128")?,
             moe_route: f("moe", "moe_route")?,
             moe_gate_up: per_dtype("moe", "moe_gate_up")?,
             moe_down: per_dtype("moe", "moe_down")?,

@@ -255,22 +255,23 @@ impl CudaBackend {
             (shape.num_heads as i32, shape.num_kv_heads as i32, k_stride as i32, v_stride as i32);
         let (qp, bp, cp, outp) = (self.ptr(&q.buf), keys.begin, keys.count, self.ptr(&out.buf));
         let (tp, op, block_size) = (keys.table, keys.offsets, keys.block_size);
-        let tensor_core_kernel = match kv.dtype {
-            KvDtype::Bf16 => &self.k.attention_tc_bf16_d128,
-            KvDtype::Fp8E4m3 => &self.k.attention_tc_fp8_d128,
-            KvDtype::F32 => &self.k.attention_tc_f32_d128,
+        let (tensor_core_kernel, gqa_kernel) = match kv.dtype {
+            KvDtype::Bf16 => (&self.k.attention_tc_bf16_d128, &self.k.attention_gqa_tc_bf16_d128),
+            KvDtype::Fp8E4m3 => (&self.k.attention_tc_fp8_d128, &self.k.attention_gqa_tc_fp8_d128),
+            KvDtype::F32 => (&self.k.attention_tc_f32_d128, &self.k.attention_gqa_tc_f32_d128),
         };
-        // It reads 8 values of a head at a time: rows must start at multiples of 8 values of 16-byte aligned bases.
-        let aligned = [kv.k, kv.v].iter().all(|p| p.is_multiple_of(16))
+        // The tensor-core kernels read 8 values of a head at a time: rows must start at multiples of 8 values of
+        // 16-byte aligned bases, and hold heads of 128.
+        let tensor_cores = shape.head_dim == 128
+            && [kv.k, kv.v].iter().all(|p| p.is_multiple_of(16))
             && [k_stride, v_stride].iter().all(|s| s.is_multiple_of(8));
-        if let Some((r0p, rnp, tiles)) =
-            keys.tiles.filter(|_| self.paths.prefill_attention && shape.head_dim == 128 && aligned)
-        {
-            let kernel = tensor_core_kernel;
-            let mut b = self.stream.launch_builder(kernel);
+        let no_split = (0i32, 0u64);
+        if let Some((r0p, rnp, tiles)) = keys.tiles.filter(|_| self.paths.prefill_attention && tensor_cores) {
+            let mut b = self.stream.launch_builder(tensor_core_kernel);
             b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&shape.scale).arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs);
             b.arg(&kv.k_scale).arg(&kv.v_scale);
-            b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&r0p).arg(&rnp).arg(&outp);
+            b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&r0p).arg(&rnp);
+            b.arg(&no_split.0).arg(&no_split.1).arg(&outp);
             let cfg = LaunchConfig {
                 grid_dim: (tiles as u32, shape.num_heads as u32, 1),
                 block_dim: (128, 1, 1),
@@ -288,41 +289,64 @@ impl CudaBackend {
                 "head_dim {d} exceeds the CUDA attention kernel's {MAX_HEAD_DIM}"
             )));
         }
-        // Few (row, head) blocks and long contexts: split the keys, then merge the splits.
-        let longest = keys.longest;
+        // Few (row, head) blocks and long contexts: split the keys, then merge the splits. (A recorded decode step's
+        // batch rounds `longest` so that this count is its recording's.)
         let few_blocks = q.rows * shape.num_heads < SPLIT_BELOW_BLOCKS;
-        let splits = if self.paths.split_keys && few_blocks { longest.div_ceil(KEYS_PER_SPLIT).max(1) } else { 1 };
+        let splits = if self.paths.split_keys && few_blocks { keys.longest.div_ceil(KEYS_PER_SPLIT).max(1) } else { 1 };
         let partial = if splits > 1 {
             Some(self.stream.alloc_zeros::<f32>(q.rows * shape.num_heads * splits * (d + 2)).map_err(device_err)?)
         } else {
             None
         };
         let (pp, per_split) = (partial.as_ref().map_or(0, |p| self.ptr(p)), KEYS_PER_SPLIT as i32);
-        let cfg = LaunchConfig {
-            grid_dim: (q.rows as u32, shape.num_heads as u32, splits as u32),
-            block_dim: (32 * ATTENTION_WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let di = d as i32;
-        let kernel_kv = match kv.dtype {
-            KvDtype::F32 => glmv_codegen::KvDtype::F32,
-            KvDtype::Bf16 => glmv_codegen::KvDtype::Bf16,
-            KvDtype::Fp8E4m3 => glmv_codegen::KvDtype::Fp8,
-        };
-        let kernel = if self.paths.specialised_attention {
-            self.k.attention_for(kernel_kv, shape.num_heads, shape.num_kv_heads, d)
+        let group = shape.num_heads / shape.num_kv_heads.max(1);
+        let gqa = self.paths.gqa_attention
+            && tensor_cores
+            && shape.num_heads.is_multiple_of(shape.num_kv_heads.max(1))
+            && (2..=GQA_TILE_MAX_HEADS).contains(&group);
+        if gqa {
+            // One block per (row, kv head, split): the kv head's query heads share each key and value.
+            let mut b = self.stream.launch_builder(gqa_kernel);
+            b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&shape.scale).arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs);
+            b.arg(&kv.k_scale).arg(&kv.v_scale);
+            b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&0u64).arg(&0u64);
+            b.arg(&per_split).arg(&pp).arg(&outp);
+            let cfg = LaunchConfig {
+                grid_dim: (q.rows as u32, shape.num_kv_heads as u32, splits as u32),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: matches kernels-cuda/attention_tc.cu ATTENTION_TC_KERNEL (GQA: heads / kv_heads <= 64 rows per
+            // tile, checked above); alignment as above; with splits, partial holds (d + 2) floats per (row, head,
+            // split).
+            unsafe { b.launch(cfg) }.map_err(device_err)?;
         } else {
-            self.k.attention_generic(kernel_kv)
-        };
-        let mut b = self.stream.launch_builder(kernel);
-        b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale);
-        b.arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs).arg(&kv.k_scale).arg(&kv.v_scale);
-        b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&per_split).arg(&pp).arg(&outp);
-        // SAFETY: argument list matches kernels-cuda/attention.cuh ATTENTION_KERNEL; every key index is inside k and v
-        // (checked by the callers); with splits, partial holds (d + 2) floats per (row, head, split).
-        unsafe { b.launch(cfg) }.map_err(device_err)?;
+            let cfg = LaunchConfig {
+                grid_dim: (q.rows as u32, shape.num_heads as u32, splits as u32),
+                block_dim: (32 * ATTENTION_WARPS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let di = d as i32;
+            let kernel_kv = match kv.dtype {
+                KvDtype::F32 => glmv_codegen::KvDtype::F32,
+                KvDtype::Bf16 => glmv_codegen::KvDtype::Bf16,
+                KvDtype::Fp8E4m3 => glmv_codegen::KvDtype::Fp8,
+            };
+            let kernel = if self.paths.specialised_attention {
+                self.k.attention_for(kernel_kv, shape.num_heads, shape.num_kv_heads, d)
+            } else {
+                self.k.attention_generic(kernel_kv)
+            };
+            let mut b = self.stream.launch_builder(kernel);
+            b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&di).arg(&shape.scale);
+            b.arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs).arg(&kv.k_scale).arg(&kv.v_scale);
+            b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&per_split).arg(&pp).arg(&outp);
+            // SAFETY: argument list matches kernels-cuda/attention.cuh ATTENTION_KERNEL; every key index is inside k
+            // and v (checked by the callers); with splits, partial holds (d + 2) floats per (row, head, split).
+            unsafe { b.launch(cfg) }.map_err(device_err)?;
+        }
         if splits > 1 {
-            let sn = splits as i32;
+            let (sn, di) = (splits as i32, d as i32);
             let mut b = self.stream.launch_builder(&self.k.attention_combine);
             b.arg(&pp).arg(&heads).arg(&di).arg(&sn).arg(&outp);
             let cfg = LaunchConfig { grid_dim: (q.rows as u32, shape.num_heads as u32, 1), ..self.launch_rows(1) };
@@ -332,6 +356,9 @@ impl CudaBackend {
         Ok(out)
     }
 }
+
+/// Query heads per kv head the GQA tensor-core kernel holds in one tile (FA_ROWS in kernels-cuda/attention_tc.cu).
+const GQA_TILE_MAX_HEADS: usize = 64;
 
 /// Keys per split of the generic attention kernel, and the (row, head) blocks below which it splits them: a batch of
 /// a few decode rows has too few blocks to fill the GPU (GLM-4.5V at batch 1: 96), and each walks its whole

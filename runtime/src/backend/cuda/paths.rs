@@ -19,6 +19,8 @@ pub struct KernelPaths {
     pub grouped_moe: bool,
     /// Greedy tokens chosen on the device; off: the logits are copied and the host chooses.
     pub device_argmax: bool,
+    /// Decode rows' attention on tensor cores, each kv head's keys read once for its query heads (head_dim 128).
+    pub gqa_attention: bool,
     /// Keys of long contexts split over several blocks when a step has few (row, head) blocks (flash-decoding).
     pub split_keys: bool,
     /// Temperature / top-k / top-p draws on the device; off: the logits are copied and the host draws.
@@ -32,6 +34,7 @@ impl Default for KernelPaths {
         KernelPaths {
             specialised_attention: true,
             prefill_attention: true,
+            gqa_attention: true,
             row_kernels: true,
             grouped_moe: true,
             device_argmax: true,
@@ -44,9 +47,10 @@ impl Default for KernelPaths {
 
 impl KernelPaths {
     /// Names as `GENERIC_ENV` takes them.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "specialised-attention",
         "prefill-attention",
+        "gqa-attention",
         "row-kernels",
         "grouped-moe",
         "device-argmax",
@@ -59,6 +63,7 @@ impl KernelPaths {
         Some(match name {
             "specialised-attention" => &mut self.specialised_attention,
             "prefill-attention" => &mut self.prefill_attention,
+            "gqa-attention" => &mut self.gqa_attention,
             "row-kernels" => &mut self.row_kernels,
             "grouped-moe" => &mut self.grouped_moe,
             "device-argmax" => &mut self.device_argmax,
