@@ -9,6 +9,7 @@ use glmv_runtime::{
         AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope, Routing, SeqSpan,
     },
     config::RopeLayout,
+    engine::sampler::Draw,
     weights::WeightStore,
 };
 
@@ -190,6 +191,10 @@ fn main() {
     let logits = be.upload(1, vocab, &(0..vocab).map(|i| (i % 977) as f32 * 1e-3).collect::<Vec<_>>()).unwrap();
     let ms = time(&be, iters, || drop(be.argmax_rows(&logits).unwrap()));
     rows.push(("greedy token on the device (argmax of 151552 logits)".into(), ms, (vocab * 4) as f64, 1));
+    // GLM-4.5V's generation_config.json defaults (top_k 2, top_p 0.6, temperature 0.8), drawn where the logits are.
+    let draw = [Draw { temperature: 0.8, top_k: 2, top_p: 0.6, min_p: 0.0, uniform: 0.4 }];
+    let ms = time(&be, iters, || drop(be.sample_rows(&logits, &draw).unwrap()));
+    rows.push(("sampled token on the device (top-k 2, top-p 0.6)".into(), ms, (vocab * 4) as f64, 0));
 
     println!("| operation (batch 1) | ms | weight/KV bytes read | achieved GB/s | per decode step |");
     println!("|---|---:|---:|---:|---:|");
