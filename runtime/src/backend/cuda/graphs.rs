@@ -165,6 +165,8 @@ impl CudaBackend {
                     bucket.recorded.last().map(|(_, r)| r)
                 }
                 Err(e) => {
+                    // Frees refused by the broken capture were recorded in the context; they are this error.
+                    let _ = self.ctx.check_err();
                     eprintln!("[glmv] decode steps of {rows} rows run without a CUDA graph: recording failed ({e})");
                     bucket.unrecordable = true;
                     None
