@@ -226,7 +226,12 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
       float v = row[c];
       if (isnan(v)) continue;
       uint32_t k = order_key(v);
-      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1u);
+      if ((k & mask) == prefix) {
+        // Most values share a few bins (the exponent byte first): one atomic per bin per warp, not per lane.
+        uint32_t bin = (k >> shift) & 255u;
+        uint32_t peers = __match_any_sync(__activemask(), bin);
+        if ((threadIdx.x % 32) == (uint32_t)(__ffs(peers) - 1)) atomicAdd(&hist[bin], (uint32_t)__popc(peers));
+      }
     }
     __syncthreads();
     if (tid == 0) {
