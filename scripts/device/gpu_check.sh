@@ -11,7 +11,9 @@
 #    (benches/cuda_decode_step.rs);
 # 3. `glmv serve --load-format dummy` at GLM-4.5V-FP8's real shapes (checkpoint directory from `glmv config
 #    --write-dummy-checkpoint`) answering `glmv bench` 1K/1K at concurrency 1 and 16.
-# Every step's output goes to $OUT (at most 8 files come back); a failing step does not stop the next ones.
+# Every step's output goes to $OUT (at most 8 files come back); a failing step does not stop the next ones. Tests
+# that fail are rerun with every kernel family switched back to the generic kernels, then with one family off at a
+# time, so one call also says which family a failure comes from.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/gpu-check}"
@@ -41,9 +43,34 @@ step() {   # step FILE TIMEOUT COMMAND...: appends COMMAND's output to $OUT/FILE
 
 { "$BIN/glmv" --version; nvidia-smi; } > "$OUT/nvidia-smi.txt" 2>&1
 head -n 12 "$OUT/nvidia-smi.txt"
+# The kernel families GLMV_CUDA_GENERIC can switch off (runtime/src/backend/cuda/paths.rs KernelPaths::NAMES).
+FAMILIES="specialised-attention prefill-attention gqa-attention row-kernels grouped-moe device-argmax split-keys
+device-sampling cuda-graphs"
+
+bisect() {   # bisect NAME: reruns the tests that failed in $OUT/NAME.txt with every family off, then one at a time
+  local name=$1 failed
+  failed=$(sed -n '/^failures:$/,/^test result/p' "$OUT/$name.txt" | grep -E '^    [a-z_0-9:]+$' | sort -u)
+  [ -n "$failed" ] || return
+  passes() { tail -n 1 "$OUT/$name.txt" | grep -q "^rc=0$"; }
+  # Appended to the same file: only so many files come back from the device.
+  # shellcheck disable=SC2086
+  GLMV_CUDA_GENERIC=all step "$name" 90 "$BIN/$name" --test-threads 1 --nocapture --exact $failed
+  passes || return
+  for family in $FAMILIES; do
+    # shellcheck disable=SC2086
+    GLMV_CUDA_GENERIC=$family step "$name" 60 "$BIN/$name" --test-threads 1 --nocapture --exact $failed
+    if passes; then
+      echo "== $name: the failing tests pass with GLMV_CUDA_GENERIC=$family" | tee -a "$OUT/$name.txt"
+      return
+    fi
+  done
+}
+
 if [ "$WHAT" = parity ] || [ "$WHAT" = all ]; then
   step cuda_ops 150 "$BIN/cuda_ops" --test-threads 1 --nocapture
+  bisect cuda_ops
   step cuda_model 200 "$BIN/cuda_model" --test-threads 1 --nocapture
+  bisect cuda_model
   step decode_step 60 "$BIN/cuda_decode_step" --bench
   if [ "$WHAT" = parity ]; then
     echo "done in ${SECONDS}s"
