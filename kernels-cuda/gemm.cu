@@ -15,17 +15,29 @@ __device__ void gemm_tc(const float* x, int M, int K, const void* w, WeightScale
   WeightScale staged = s;
   if (scaling.late) staged.scale = nullptr;
   float total[2][4][4] = {};
-  tc_tile<SPLIT_W>(
-      K,
-      [&](int r, int k) {
-        int m = m0 + r;
-        return (m < M && k < K) ? x[(size_t)m * K + k] : 0.0f;
-      },
-      [&](int c, int k) {
-        int n = n0 + c;
-        return (n < N && k < K) ? weight_at<DT>(w, staged, n, k, K) : 0.0f;
-      },
-      scaling, [&](int c, int kb) { return scale_at(s, min(n0 + c, N - 1), kb); }, total);
+  __shared__ __align__(16) TcSmem<SPLIT_W> sm;
+  auto w_late = [&](int c, int kb) { return scale_at(s, min(n0 + c, N - 1), kb); };
+  if (tc_rows_apply<DT>(K, scaling, s.scale != nullptr)) {
+    if constexpr (!SPLIT_W) {
+      constexpr int EB = elem_bytes<DT>();
+      tc_tile_rows<DT>(
+          K, sm, [&](int r) { return m0 + r < M ? x + (size_t)(m0 + r) * K : nullptr; },
+          [&](int c) { return n0 + c < N ? static_cast<const char*>(w) + (size_t)(n0 + c) * K * EB : nullptr; },
+          scaling, w_late, total);
+    }
+  } else {
+    tc_tile<SPLIT_W>(
+        K, sm,
+        [&](int r, int k) {
+          int m = m0 + r;
+          return (m < M && k < K) ? x[(size_t)m * K + k] : 0.0f;
+        },
+        [&](int c, int k) {
+          int n = n0 + c;
+          return (n < N && k < K) ? weight_at<DT>(w, staged, n, k, K) : 0.0f;
+        },
+        scaling, w_late, total);
+  }
   TcLane t;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {

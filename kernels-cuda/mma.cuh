@@ -74,41 +74,35 @@ struct TcScaling {
   int col_blocks;
 };
 
-// total[i][j][e] = sum over k < K of x_at(row, k) * w_at(col, k) (see TcLane for row and col), with late scales
-// w_late(col, column block) applied per block. x_at must return 0 for rows outside the tile's data, w_at 0 for
-// columns outside it; both are called with k < K rounded up to TC_BK (and must return 0 for k >= K).
-// SPLIT_W: the weights are not exact in BF16 (F32, F16) and get a hi + lo split.
-template <bool SPLIT_W, class XAt, class WAt, class WLate>
-__device__ __forceinline__ void tc_tile(int K, XAt x_at, WAt w_at, TcScaling scaling, WLate w_late,
+// Shared memory of a tile's main loop: one K step of x (hi and lo BF16 parts) and of w (hi, and lo for SPLIT_W).
+// Each kernel declares one and passes it to whichever staging it takes.
+template <bool SPLIT_W>
+struct TcSmem {
+  __nv_bfloat16 xh[TC_BM][TC_LD], xl[TC_BM][TC_LD];  // [m][k]
+  __nv_bfloat16 wh[TC_BN][TC_LD], wl[SPLIT_W ? TC_BN : 1][TC_LD];  // [n][k]
+};
+
+// total[i][j][e] = sum over k < K of x(row, k) * w(col, k) (see TcLane for row and col), with late scales
+// w_late(col, column block) applied per block. `stage(k0)` fills sm with the K step starting at k0 (zeros outside
+// the data, BF16 hi + lo parts of x, and of w when SPLIT_W).
+template <bool SPLIT_W, class Stage, class WLate>
+__device__ __forceinline__ void tc_main(int K, TcSmem<SPLIT_W>& sm, Stage stage, TcScaling scaling, WLate w_late,
                                         float total[2][4][4]) {
-  __shared__ __align__(16) __nv_bfloat16 xh[TC_BM][TC_LD], xl[TC_BM][TC_LD];  // [m][k]
-  __shared__ __align__(16) __nv_bfloat16 wh[TC_BN][TC_LD], wl[SPLIT_W ? TC_BN : 1][TC_LD];  // [n][k]
-  int tid = threadIdx.x;
   TcLane t;
   float part[2][4][4] = {};
   for (int k0 = 0; k0 < K; k0 += TC_BK) {
-    for (int i = tid; i < TC_BM * TC_BK; i += TC_THREADS) {
-      int r = i / TC_BK, c = i % TC_BK;
-      int k = k0 + c;
-      split_bf16(x_at(r, k), xh[r][c], xl[r][c]);
-      float wv = w_at(r, k);
-      if constexpr (SPLIT_W) {
-        split_bf16(wv, wh[r][c], wl[r][c]);
-      } else {
-        wh[r][c] = __float2bfloat16_rn(wv);  // exact for BF16 and FP8 values
-      }
-    }
+    stage(k0);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < TC_BK; kk += 16) {
       uint32_t ah[2][4], al[2][4], bh[4][2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        load_a<TC_LD>(ah[i], &xh[0][0], t.wm + i * 16, kk, t.group, t.pair);
-        load_a<TC_LD>(al[i], &xl[0][0], t.wm + i * 16, kk, t.group, t.pair);
+        load_a<TC_LD>(ah[i], &sm.xh[0][0], t.wm + i * 16, kk, t.group, t.pair);
+        load_a<TC_LD>(al[i], &sm.xl[0][0], t.wm + i * 16, kk, t.group, t.pair);
       }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) load_b<TC_LD>(bh[j], &wh[0][0], t.wn + j * 8, kk, t.group, t.pair);
+      for (int j = 0; j < 4; ++j) load_b<TC_LD>(bh[j], &sm.wh[0][0], t.wn + j * 8, kk, t.group, t.pair);
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -119,7 +113,7 @@ __device__ __forceinline__ void tc_tile(int K, XAt x_at, WAt w_at, TcScaling sca
       if constexpr (SPLIT_W) {
         uint32_t bl[4][2];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) load_b<TC_LD>(bl[j], &wl[0][0], t.wn + j * 8, kk, t.group, t.pair);
+        for (int j = 0; j < 4; ++j) load_b<TC_LD>(bl[j], &sm.wl[0][0], t.wn + j * 8, kk, t.group, t.pair);
 #pragma unroll
         for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -143,6 +137,71 @@ __device__ __forceinline__ void tc_tile(int K, XAt x_at, WAt w_at, TcScaling sca
           }
     }
   }
+}
+
+// tc_main over element accessors (any layout, any K): x_at(row, k) and w_at(col, k) must return 0 outside the
+// tile's data and for k >= K (they are called for k < K rounded up to TC_BK).
+// SPLIT_W: the weights are not exact in BF16 (F32, F16) and get a hi + lo split.
+template <bool SPLIT_W, class XAt, class WAt, class WLate>
+__device__ __forceinline__ void tc_tile(int K, TcSmem<SPLIT_W>& sm, XAt x_at, WAt w_at, TcScaling scaling,
+                                        WLate w_late, float total[2][4][4]) {
+  auto stage = [&](int k0) {
+    for (int i = threadIdx.x; i < TC_BM * TC_BK; i += TC_THREADS) {
+      int r = i / TC_BK, c = i % TC_BK;
+      int k = k0 + c;
+      split_bf16(x_at(r, k), sm.xh[r][c], sm.xl[r][c]);
+      float wv = w_at(r, k);
+      if constexpr (SPLIT_W) {
+        split_bf16(wv, sm.wh[r][c], sm.wl[r][c]);
+      } else {
+        sm.wh[r][c] = __float2bfloat16_rn(wv);  // exact for BF16 and FP8 values
+      }
+    }
+  };
+  tc_main<SPLIT_W>(K, sm, stage, scaling, w_late, total);
+}
+
+// Whether tc_tile_rows applies: BF16 or FP8 weights staged as stored (scales late, or none) and K a multiple of 16.
+template <int DT>
+__device__ __forceinline__ bool tc_rows_apply(int K, TcScaling scaling, bool scaled) {
+  return (DT == DT_BF16 || DT == DT_FP8) && K % 16 == 0 && (scaling.late || !scaled);
+}
+
+// tc_main over row pointers, with 16-byte loads instead of one element at a time (the same staged values, so the
+// same result): x_row(r) is tile row r of x (f32, nullptr outside the data), w_row(c) the first byte of weight row
+// c (nullptr outside). Only where tc_rows_apply.
+template <int DT, class XRow, class WRow, class WLate>
+__device__ __forceinline__ void tc_tile_rows(int K, TcSmem<false>& sm, XRow x_row, WRow w_row, TcScaling scaling,
+                                             WLate w_late, float total[2][4][4]) {
+  constexpr int EB = elem_bytes<DT>(), PER = 16 / EB;  // weights per 16-byte load
+  auto stage = [&](int k0) {
+    for (int i = threadIdx.x; i < TC_BM * TC_BK / 4; i += TC_THREADS) {
+      int r = i / (TC_BK / 4), c = (i % (TC_BK / 4)) * 4, k = k0 + c;
+      const float* xr = x_row(r);
+      float4 v = (xr != nullptr && k < K) ? *reinterpret_cast<const float4*>(xr + k) : make_float4(0, 0, 0, 0);
+      split_bf16(v.x, sm.xh[r][c], sm.xl[r][c]);
+      split_bf16(v.y, sm.xh[r][c + 1], sm.xl[r][c + 1]);
+      split_bf16(v.z, sm.xh[r][c + 2], sm.xl[r][c + 2]);
+      split_bf16(v.w, sm.xh[r][c + 3], sm.xl[r][c + 3]);
+    }
+    for (int i = threadIdx.x; i < TC_BN * TC_BK / PER; i += TC_THREADS) {
+      int c = i / (TC_BK / PER), q = (i % (TC_BK / PER)) * PER, k = k0 + q;
+      const uint8_t* wr = reinterpret_cast<const uint8_t*>(w_row(c));
+      uint4 raw = (wr != nullptr && k < K) ? *reinterpret_cast<const uint4*>(wr + (size_t)k * EB) : make_uint4(0, 0, 0, 0);
+      if constexpr (DT == DT_BF16) {
+        *reinterpret_cast<uint4*>(&sm.wh[c][q]) = raw;  // BF16 as stored
+      } else {
+        const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
+#pragma unroll
+        for (int e = 0; e < 16; ++e) {
+          __nv_fp8_e4m3 f;
+          f.__x = b[e];
+          sm.wh[c][q + e] = __float2bfloat16_rn(static_cast<float>(f));  // exact
+        }
+      }
+    }
+  };
+  tc_main<false>(K, sm, stage, scaling, w_late, total);
 }
 
 // The scaling of a [N, K] weight with scales `s` in a tile: late when every scale block spans whole K steps.

@@ -152,20 +152,34 @@ __device__ void moe_gate_up_tc(const float* x, const uint32_t* perm, const uint3
   WeightScale stage_g = sg, stage_u = su;
   if (scaling.late) stage_g.scale = stage_u.scale = nullptr;
   float total[2][4][4] = {};
-  tc_tile<SPLIT_W>(
-      hidden,
-      [&](int r, int k) { return (token_of[r] >= 0 && k < hidden) ? x[(size_t)token_of[r] * hidden + k] : 0.0f; },
-      [&](int c, int k) {
-        int n = n0 + c % HALF;
-        if (n >= inter || k >= hidden) return 0.0f;
-        return c < HALF ? weight_at<DT>(wg, stage_g, n, k, hidden) : weight_at<DT>(wu, stage_u, n, k, hidden);
-      },
-      scaling,
-      [&](int c, int kb) {
-        int n = min(n0 + c % HALF, inter - 1);
-        return scale_at(c < HALF ? sg : su, n, kb);
-      },
-      total);
+  __shared__ __align__(16) TcSmem<SPLIT_W> sm;
+  auto w_late = [&](int c, int kb) {
+    int n = min(n0 + c % HALF, inter - 1);
+    return scale_at(c < HALF ? sg : su, n, kb);
+  };
+  if (tc_rows_apply<DT>(hidden, scaling, sg.scale != nullptr)) {
+    if constexpr (!SPLIT_W) {
+      constexpr int EB = elem_bytes<DT>();
+      tc_tile_rows<DT>(
+          hidden, sm, [&](int r) { return token_of[r] >= 0 ? x + (size_t)token_of[r] * hidden : nullptr; },
+          [&](int c) {
+            int n = n0 + c % HALF;
+            const char* base = static_cast<const char*>(c < HALF ? wg : wu);
+            return n < inter ? base + (size_t)n * hidden * EB : nullptr;
+          },
+          scaling, w_late, total);
+    }
+  } else {
+    tc_tile<SPLIT_W>(
+        hidden, sm,
+        [&](int r, int k) { return (token_of[r] >= 0 && k < hidden) ? x[(size_t)token_of[r] * hidden + k] : 0.0f; },
+        [&](int c, int k) {
+          int n = n0 + c % HALF;
+          if (n >= inter || k >= hidden) return 0.0f;
+          return c < HALF ? weight_at<DT>(wg, stage_g, n, k, hidden) : weight_at<DT>(wu, stage_u, n, k, hidden);
+        },
+        scaling, w_late, total);
+  }
   TcLane t;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
@@ -196,14 +210,26 @@ __device__ void moe_down_tc(const float* h, const uint32_t* perm, const uint32_t
   WeightScale staged = s;
   if (scaling.late) staged.scale = nullptr;
   float total[2][4][4] = {};
-  tc_tile<SPLIT_W>(
-      inter,
-      [&](int r, int k) { return (r < tile.rows && k < inter) ? h[(size_t)(tile.row0 + r) * inter + k] : 0.0f; },
-      [&](int c, int k) {
-        int n = n0 + c;
-        return (n < hidden && k < inter) ? weight_at<DT>(w, staged, n, k, inter) : 0.0f;
-      },
-      scaling, [&](int c, int kb) { return scale_at(s, min(n0 + c, hidden - 1), kb); }, total);
+  __shared__ __align__(16) TcSmem<SPLIT_W> sm;
+  auto w_late = [&](int c, int kb) { return scale_at(s, min(n0 + c, hidden - 1), kb); };
+  if (tc_rows_apply<DT>(inter, scaling, s.scale != nullptr)) {
+    if constexpr (!SPLIT_W) {
+      constexpr int EB = elem_bytes<DT>();
+      tc_tile_rows<DT>(
+          inter, sm, [&](int r) { return r < tile.rows ? h + (size_t)(tile.row0 + r) * inter : nullptr; },
+          [&](int c) { return n0 + c < hidden ? static_cast<const char*>(w) + (size_t)(n0 + c) * inter * EB : nullptr; },
+          scaling, w_late, total);
+    }
+  } else {
+    tc_tile<SPLIT_W>(
+        inter, sm,
+        [&](int r, int k) { return (r < tile.rows && k < inter) ? h[(size_t)(tile.row0 + r) * inter + k] : 0.0f; },
+        [&](int c, int k) {
+          int n = n0 + c;
+          return (n < hidden && k < inter) ? weight_at<DT>(w, staged, n, k, inter) : 0.0f;
+        },
+        scaling, w_late, total);
+  }
   TcLane t;
 #pragma unroll
   for (int i = 0; i < 2; ++i)

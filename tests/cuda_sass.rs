@@ -74,6 +74,25 @@ fn grouped_expert_gemms_use_tensor_cores_on_sm90a() {
     assert_tensor_cores("moe", &names);
 }
 
+/// The BF16 and FP8 tensor-core GEMMs stage their tiles with 16-byte loads (tc_tile_rows in kernels-cuda/mma.cuh)
+/// where K allows, not one element at a time.
+#[test]
+fn bf16_and_fp8_gemm_tiles_load_16_bytes_at_a_time() {
+    for (image, names) in [
+        ("gemm", vec!["gemm_tc_bf16", "gemm_tc_fp8"]),
+        ("moe", vec!["moe_gate_up_tc_bf16", "moe_gate_up_tc_fp8", "moe_down_tc_bf16", "moe_down_tc_fp8"]),
+    ] {
+        let (_, bytes) = KERNEL_IMAGES.iter().find(|(n, _)| *n == image).unwrap();
+        let functions = sass_functions(bytes, "sm_90a");
+        for name in names {
+            let (_, sass) = functions.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} missing"));
+            let wide = sass.lines().filter(|l| l.contains("LDG.E.128")).count();
+            eprintln!("{image}.{name}: {wide} 16-byte global loads");
+            assert!(wide >= 2, "{name}: no 16-byte tile loads");
+        }
+    }
+}
+
 /// Attention over prefill chunks, and over decode rows a kv head's query heads at a time.
 #[test]
 fn prefill_and_gqa_attention_use_tensor_cores_on_sm90a() {
