@@ -234,7 +234,16 @@ fn decode_graphs_match_eager_steps() {
             "{name}: graph vs eager decode logits relative L2 {err:.2e}, {recorded} recordings, {graph_s:.2} s vs {:.2} s",
             started.elapsed().as_secs_f64() - graph_s
         );
-        assert_eq!((recorded, none), (2, 0), "{name}: one recording per key-split count (1, 2), none when off");
+        // Experts whose rows are not whole 16-byte chunks (moe_fp8_channel: 24 FP8 columns of down_proj) run the
+        // host-planned dispatch, which a graph cannot hold: those steps run kernel by kernel, with a log line.
+        let text = &graphs.config.text;
+        let element = if name.contains("fp8") { 1 } else { 2 };
+        let device_experts = text
+            .moe
+            .as_ref()
+            .is_none_or(|m| [text.hidden_size, m.moe_intermediate_size].iter().all(|k| k * element % 16 == 0));
+        let expected = if device_experts { 2 } else { 0 };
+        assert_eq!((recorded, none), (expected, 0), "{name}: one recording per key-split count (1, 2), none when off");
         assert!(g.iter().all(|v| v.is_finite()), "{name}: non-finite logits");
         assert!(err <= 1e-5, "{name}: {err:.2e}");
     }
