@@ -5,12 +5,22 @@
 #include "gemv.cuh"
 #include "mma.cuh"
 
-// Many rows: one 64 x 64 tile of y per block (mma.cuh).
+// Many rows: one 64 x 64 tile of y per block (mma.cuh). Split K (few row tiles, so few blocks): block z sums
+// columns [z * k_split, (z + 1) * k_split) of K into partial[z] ([M, N], no bias), which gemm_split_reduce adds up;
+// without (partial == nullptr) the block sums all of K into y.
 template <int DT>
 __device__ void gemm_tc(const float* x, int M, int K, const void* w, WeightScale s, const float* bias, int N, float* y,
-                        int ldy) {
+                        int ldy, int k_split, float* partial) {
   constexpr bool SPLIT_W = DT == DT_F32 || DT == DT_F16;
   int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+  KRange range{0, K};
+  if (partial != nullptr) {
+    range.begin = blockIdx.z * k_split;
+    range.end = min(K, range.begin + k_split);
+    y = partial + (size_t)blockIdx.z * M * N;
+    ldy = N;
+    bias = nullptr;
+  }
   TcScaling scaling = tc_scaling(s);
   WeightScale staged = s;
   if (scaling.late) staged.scale = nullptr;
@@ -23,7 +33,7 @@ __device__ void gemm_tc(const float* x, int M, int K, const void* w, WeightScale
       tc_tile_rows<DT>(
           K, sm, [&](int r) { return m0 + r < M ? x + (size_t)(m0 + r) * K : nullptr; },
           [&](int c) { return n0 + c < N ? static_cast<const char*>(w) + (size_t)(n0 + c) * K * EB : nullptr; },
-          scaling, w_late, total);
+          scaling, w_late, total, range);
     }
   } else {
     tc_tile<SPLIT_W>(
@@ -36,7 +46,7 @@ __device__ void gemm_tc(const float* x, int M, int K, const void* w, WeightScale
           int n = n0 + c;
           return (n < N && k < K) ? weight_at<DT>(w, staged, n, k, K) : 0.0f;
         },
-        scaling, w_late, total);
+        scaling, w_late, total, range);
   }
   TcLane t;
 #pragma unroll
@@ -78,10 +88,10 @@ __device__ void gemv(const float* x, int M, int K, const void* w, WeightScale s,
 }
 
 #define GEMM(SUFFIX, DT)                                                                                    \
-  extern "C" __global__ void __launch_bounds__(128) gemm_tc_##SUFFIX(const float* x, int M, int K, const void* w, \
-                                                                     WeightScale s, const float* bias, int N,   \
-                                                                     float* y, int ldy) {                       \
-    gemm_tc<DT>(x, M, K, w, s, bias, N, y, ldy);                                                             \
+  extern "C" __global__ void __launch_bounds__(128)                                                        \
+      gemm_tc_##SUFFIX(const float* x, int M, int K, const void* w, WeightScale s, const float* bias, int N, \
+                       float* y, int ldy, int k_split, float* partial) {                                   \
+    gemm_tc<DT>(x, M, K, w, s, bias, N, y, ldy, k_split, partial);                                          \
   }                                                                                                          \
   extern "C" __global__ void gemv_##SUFFIX(const float* x, int M, int K, const void* w, WeightScale s,       \
                                            const float* bias, int N, float* y, int ldy) {                    \
@@ -95,3 +105,15 @@ GEMM(f32, DT_F32)
 GEMM(bf16, DT_BF16)
 GEMM(f16, DT_F16)
 GEMM(fp8, DT_FP8)
+
+// y[m, n] = sum over z < splits, in order, of partial[z][m][n] (+ bias[n]): the splits of a split-K gemm_tc.
+extern "C" __global__ void gemm_split_reduce(const float* partial, int splits, int M, int N, const float* bias,
+                                             float* y, int ldy) {
+  size_t total = (size_t)M * N;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    int m = (int)(i / N), n = (int)(i % N);
+    float v = 0.0f;
+    for (int z = 0; z < splits; ++z) v += partial[(size_t)z * total + i];
+    y[(size_t)m * ldy + n] = v + (bias != nullptr ? bias[n] : 0.0f);
+  }
+}

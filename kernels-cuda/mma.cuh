@@ -82,15 +82,20 @@ struct TcSmem {
   __nv_bfloat16 wh[TC_BN][TC_LD], wl[SPLIT_W ? TC_BN : 1][TC_LD];  // [n][k]
 };
 
-// total[i][j][e] = sum over k < K of x(row, k) * w(col, k) (see TcLane for row and col), with late scales
+// The columns of K a block sums: all of them, or one split of a split-K GEMM (begin a multiple of TC_BK).
+struct KRange {
+  int begin, end;
+};
+
+// total[i][j][e] = sum over k in `range` of x(row, k) * w(col, k) (see TcLane for row and col), with late scales
 // w_late(col, column block) applied per block. `stage(k0)` fills sm with the K step starting at k0 (zeros outside
 // the data, BF16 hi + lo parts of x, and of w when SPLIT_W).
 template <bool SPLIT_W, class Stage, class WLate>
-__device__ __forceinline__ void tc_main(int K, TcSmem<SPLIT_W>& sm, Stage stage, TcScaling scaling, WLate w_late,
-                                        float total[2][4][4]) {
+__device__ __forceinline__ void tc_main(KRange range, TcSmem<SPLIT_W>& sm, Stage stage, TcScaling scaling,
+                                        WLate w_late, float total[2][4][4]) {
   TcLane t;
   float part[2][4][4] = {};
-  for (int k0 = 0; k0 < K; k0 += TC_BK) {
+  for (int k0 = range.begin; k0 < range.end; k0 += TC_BK) {
     stage(k0);
     __syncthreads();
 #pragma unroll
@@ -122,7 +127,7 @@ __device__ __forceinline__ void tc_main(int K, TcSmem<SPLIT_W>& sm, Stage stage,
     }
     __syncthreads();
     int k_end = k0 + TC_BK;
-    bool flush = k_end >= K || (scaling.late && scaling.col_blocks > 1 && k_end % scaling.block_cols == 0);
+    bool flush = k_end >= range.end || (scaling.late && scaling.col_blocks > 1 && k_end % scaling.block_cols == 0);
     if (flush) {
       int kb = scaling.late && scaling.col_blocks > 1 ? k0 / scaling.block_cols : 0;
 #pragma unroll
@@ -144,7 +149,7 @@ __device__ __forceinline__ void tc_main(int K, TcSmem<SPLIT_W>& sm, Stage stage,
 // SPLIT_W: the weights are not exact in BF16 (F32, F16) and get a hi + lo split.
 template <bool SPLIT_W, class XAt, class WAt, class WLate>
 __device__ __forceinline__ void tc_tile(int K, TcSmem<SPLIT_W>& sm, XAt x_at, WAt w_at, TcScaling scaling,
-                                        WLate w_late, float total[2][4][4]) {
+                                        WLate w_late, float total[2][4][4], KRange range = {0, -1}) {
   auto stage = [&](int k0) {
     for (int i = threadIdx.x; i < TC_BM * TC_BK; i += TC_THREADS) {
       int r = i / TC_BK, c = i % TC_BK;
@@ -158,7 +163,7 @@ __device__ __forceinline__ void tc_tile(int K, TcSmem<SPLIT_W>& sm, XAt x_at, WA
       }
     }
   };
-  tc_main<SPLIT_W>(K, sm, stage, scaling, w_late, total);
+  tc_main<SPLIT_W>(KRange{range.begin, range.end < 0 ? K : range.end}, sm, stage, scaling, w_late, total);
 }
 
 // Whether tc_tile_rows applies: BF16 or FP8 weights staged as stored (scales late, or none) and K a multiple of 16.
@@ -172,7 +177,7 @@ __device__ __forceinline__ bool tc_rows_apply(int K, TcScaling scaling, bool sca
 // c (nullptr outside). Only where tc_rows_apply.
 template <int DT, class XRow, class WRow, class WLate>
 __device__ __forceinline__ void tc_tile_rows(int K, TcSmem<false>& sm, XRow x_row, WRow w_row, TcScaling scaling,
-                                             WLate w_late, float total[2][4][4]) {
+                                             WLate w_late, float total[2][4][4], KRange range = {0, -1}) {
   constexpr int EB = elem_bytes<DT>(), PER = 16 / EB;  // weights per 16-byte load
   auto stage = [&](int k0) {
     for (int i = threadIdx.x; i < TC_BM * TC_BK / 4; i += TC_THREADS) {
@@ -201,7 +206,7 @@ __device__ __forceinline__ void tc_tile_rows(int K, TcSmem<false>& sm, XRow x_ro
       }
     }
   };
-  tc_main<false>(K, sm, stage, scaling, w_late, total);
+  tc_main<false>(KRange{range.begin, range.end < 0 ? K : range.end}, sm, stage, scaling, w_late, total);
 }
 
 // The scaling of a [N, K] weight with scales `s` in a tile: late when every scale block spans whole K steps.

@@ -31,6 +31,8 @@ pub struct Kernels<F = CudaFunction> {
     pub embed: [F; 4],
     /// Tensor-core GEMM (BF16 mma, f32 accumulation) for more than GEMV_MAX_ROWS rows; 128 threads per 64 x 64 tile.
     pub gemm: [F; 4],
+    /// Adds up the K splits of a split-K `gemm`.
+    pub gemm_split_reduce: F,
     pub gemv: [F; 4],
     /// GEMV with 16-byte weight loads (rows a multiple of 16 bytes).
     pub gemv_vec: [F; 4],
@@ -107,6 +109,7 @@ impl<F> Kernels<F> {
         Ok(Kernels {
             embed: per_dtype("elementwise", "embed")?,
             gemm: per_dtype("gemm", "gemm_tc")?,
+            gemm_split_reduce: f("gemm", "gemm_split_reduce")?,
             gemv: per_dtype("gemm", "gemv")?,
             gemv_vec: per_dtype("gemm", "gemv_vec")?,
             rms_norm: f("elementwise", "rms_norm")?,

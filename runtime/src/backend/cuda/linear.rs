@@ -59,6 +59,19 @@ impl Part {
 /// Rows of a GEMM handled by the GEMV kernel (kernels-cuda/gemm.cu GEMV_MAX_ROWS).
 const GEMV_MAX_ROWS: usize = 8;
 
+/// How a tensor-core GEMM of `tiles` 64 x 64 output tiles over `k` input columns splits K on a device of `sms`
+/// multiprocessors: (splits, columns per split). Few tiles (a decode batch of 9-64 rows, a small layer) leave most
+/// of the device idle while each block walks all of K; splitting K gives about two blocks per multiprocessor, each
+/// split at least 256 columns, at most 8 splits, split boundaries on the kernel's 32-column steps.
+fn k_splits(tiles: usize, k: usize, sms: usize) -> (usize, usize) {
+    let wanted = (2 * sms).div_ceil(tiles.max(1)).min(8).min(k / 256).max(1);
+    if wanted == 1 {
+        return (1, 0);
+    }
+    let k_split = k.div_ceil(wanted).div_ceil(32) * 32;
+    (k.div_ceil(k_split), k_split)
+}
+
 impl CudaLinear {
     pub fn new(be: &CudaBackend, sources: &[LinearSource]) -> Result<Self> {
         let first = sources.first().ok_or_else(|| Error::InvalidInput("a linear layer needs a weight".into()))?;
@@ -145,7 +158,7 @@ impl CudaLinear {
             let wp = be.ptr(&p.weight);
             let bp = self.bias.as_ref().map_or(0, |b| be.ptr(b) + (p.offset * 4) as u64);
             let yp = be.ptr(&y.buf) + (p.offset * 4) as u64;
-            let (f, cfg) = if x.rows <= GEMV_MAX_ROWS {
+            if x.rows <= GEMV_MAX_ROWS {
                 let blocks = (p.rows * 32).div_ceil(256) as u32;
                 let f = if p.vector_loads(self.in_features) {
                     let specialised = be.row_kernel(RowOp::Gemv, p.dtype, self.in_features);
@@ -153,17 +166,39 @@ impl CudaLinear {
                 } else {
                     &be.k.gemv[p.dtype as usize]
                 };
-                (f, LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) })
-            } else {
-                let grid = (p.rows.div_ceil(TC_TILE) as u32, x.rows.div_ceil(TC_TILE) as u32, 1);
-                let cfg = LaunchConfig { grid_dim: grid, block_dim: (TC_THREADS, 1, 1), shared_mem_bytes: 0 };
-                (&be.k.gemm[p.dtype as usize], cfg)
+                let mut b = be.stream.launch_builder(f);
+                b.arg(&xp).arg(&m).arg(&k).arg(&wp).arg(&scale).arg(&bp).arg(&n).arg(&yp).arg(&ldy);
+                let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) };
+                // SAFETY: matches kernels-cuda/gemm.cu gemv_*; y has ldy columns and this part writes columns
+                // offset .. offset + rows.
+                unsafe { b.launch(cfg) }.map_err(device_err)?;
+                continue;
+            }
+            let tiles = (p.rows.div_ceil(TC_TILE), x.rows.div_ceil(TC_TILE));
+            let (splits, k_split) =
+                if be.paths.split_k_gemm { k_splits(tiles.0 * tiles.1, self.in_features, be.sm_count) } else { (1, 0) };
+            // Every split writes all of its [rows, part rows] (poisoned in tests like any activation).
+            let partial = if splits > 1 { Some(be.alloc(splits * x.rows, p.rows)?) } else { None };
+            let (ks, pp) = (k_split as i32, partial.as_ref().map_or(0, |t| be.ptr(&t.buf)));
+            let mut b = be.stream.launch_builder(&be.k.gemm[p.dtype as usize]);
+            b.arg(&xp).arg(&m).arg(&k).arg(&wp).arg(&scale).arg(&bp).arg(&n).arg(&yp).arg(&ldy).arg(&ks).arg(&pp);
+            let cfg = LaunchConfig {
+                grid_dim: (tiles.0 as u32, tiles.1 as u32, splits as u32),
+                block_dim: (TC_THREADS, 1, 1),
+                shared_mem_bytes: 0,
             };
-            let mut b = be.stream.launch_builder(f);
-            b.arg(&xp).arg(&m).arg(&k).arg(&wp).arg(&scale).arg(&bp).arg(&n).arg(&yp).arg(&ldy);
-            // SAFETY: matches kernels-cuda/gemm.cu gemm_*/gemv_*; y has ldy columns and this part writes columns
-            // offset .. offset + rows.
+            // SAFETY: matches kernels-cuda/gemm.cu gemm_tc_*; y has ldy columns and this part writes columns
+            // offset .. offset + rows; with splits, partial holds splits x [rows, part rows].
             unsafe { b.launch(cfg) }.map_err(device_err)?;
+            if splits > 1 {
+                let sn = splits as i32;
+                let mut b = be.stream.launch_builder(&be.k.gemm_split_reduce);
+                b.arg(&pp).arg(&sn).arg(&m).arg(&n).arg(&bp).arg(&yp).arg(&ldy);
+                let blocks = (x.rows * p.rows).div_ceil(256).clamp(1, 4096) as u32;
+                let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) };
+                // SAFETY: matches kernels-cuda/gemm.cu gemm_split_reduce over the partial buffer written above.
+                unsafe { b.launch(cfg) }.map_err(device_err)?;
+            }
         }
         Ok(y)
     }
@@ -520,5 +555,31 @@ impl CudaExperts {
         // SAFETY: matches kernels-cuda/moe.cu moe_down_*; y is [tokens, hidden].
         unsafe { b.launch(cfg) }.map_err(device_err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_k_fills_the_device_only_where_tiles_are_few() {
+        // GLM-4.5V at a decode batch of 16 on a 132-multiprocessor H100/H200: qkv (224 tiles, K 4096), o_proj (64
+        // tiles, K 12288), down_proj of the shared expert (64 tiles, K 1408), the router (2 tiles, K 4096).
+        assert_eq!(k_splits(224, 4096, 132), (2, 2048));
+        assert_eq!(k_splits(64, 12288, 132), (5, 2464));
+        assert_eq!(k_splits(64, 1408, 132), (5, 288));
+        assert_eq!(k_splits(2, 4096, 132), (8, 512));
+        // Enough tiles already (lm_head; a 2,048-token prefill chunk), or K too short to split: one pass.
+        assert_eq!(k_splits(2368, 4096, 132), (1, 0));
+        assert_eq!(k_splits(32 * 224, 4096, 132), (1, 0));
+        assert_eq!(k_splits(4, 300, 132), (1, 0));
+        // Every split is a whole number of 32-column steps and together they cover K exactly once.
+        for (tiles, k) in [(1, 4096), (3, 1000), (10, 13696), (64, 544)] {
+            let (splits, k_split) = k_splits(tiles, k, 132);
+            if splits > 1 {
+                assert!(k_split % 32 == 0 && (splits - 1) * k_split < k && splits * k_split >= k, "{tiles} {k}");
+            }
+        }
     }
 }

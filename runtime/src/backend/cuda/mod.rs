@@ -87,6 +87,8 @@ pub struct CudaBackend {
     paths: KernelPaths,
     /// The largest decode step (rows) recorded as a graph (`--cuda-graph-max-bs`).
     graph_max_rows: usize,
+    /// Streaming multiprocessors: how many blocks a launch needs to fill the device.
+    sm_count: usize,
     /// Fill every fresh activation with NaN, so that a kernel that leaves part of its output unwritten fails the
     /// parity tests instead of passing on leftover memory.
     poison: bool,
@@ -153,7 +155,18 @@ impl CudaBackend {
         let mut paths = paths;
         // Graphs need stream-ordered allocation (every activation is allocated inside the recorded step).
         paths.cuda_graphs &= ctx.has_async_alloc();
-        Ok(CudaBackend { ctx, stream, k, paths, graph_max_rows: crate::config::plan::DECODE_GRAPH_ROWS, poison: false })
+        let sm_count = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(device_err)? as usize;
+        Ok(CudaBackend {
+            ctx,
+            stream,
+            k,
+            paths,
+            graph_max_rows: crate::config::plan::DECODE_GRAPH_ROWS,
+            sm_count,
+            poison: false,
+        })
     }
 
     /// A backend whose fresh activations are NaN-filled (for tests).

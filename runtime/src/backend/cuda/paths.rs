@@ -13,6 +13,8 @@ pub struct KernelPaths {
     pub specialised_attention: bool,
     /// Tensor-core attention over prefill chunks and vision segments (kernels-cuda/attention_tc.cu).
     pub prefill_attention: bool,
+    /// Tensor-core GEMMs of few output tiles (decode batches over 8 rows, small layers) split K over more blocks.
+    pub split_k_gemm: bool,
     /// GEMVs and expert rows compiled for the models' reduction widths (glmv-codegen's row kernels).
     pub row_kernels: bool,
     /// Grouped tensor-core expert GEMMs for many (token, expert) pairs; off: per-expert GEMMs planned on the host.
@@ -35,6 +37,7 @@ impl Default for KernelPaths {
             specialised_attention: true,
             prefill_attention: true,
             gqa_attention: true,
+            split_k_gemm: true,
             row_kernels: true,
             grouped_moe: true,
             device_argmax: true,
@@ -47,10 +50,11 @@ impl Default for KernelPaths {
 
 impl KernelPaths {
     /// Names as `GENERIC_ENV` takes them.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "specialised-attention",
         "prefill-attention",
         "gqa-attention",
+        "split-k-gemm",
         "row-kernels",
         "grouped-moe",
         "device-argmax",
@@ -64,6 +68,7 @@ impl KernelPaths {
             "specialised-attention" => &mut self.specialised_attention,
             "prefill-attention" => &mut self.prefill_attention,
             "gqa-attention" => &mut self.gqa_attention,
+            "split-k-gemm" => &mut self.split_k_gemm,
             "row-kernels" => &mut self.row_kernels,
             "grouped-moe" => &mut self.grouped_moe,
             "device-argmax" => &mut self.device_argmax,
