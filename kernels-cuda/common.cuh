@@ -51,17 +51,24 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Sum over a block of blockDim.x threads (a multiple of 32, at most 1024); every thread gets the result.
-__device__ __forceinline__ float block_sum(float v) {
+// `op` over a block of blockDim.x threads (a multiple of 32, at most 1024): warps reduce by shuffles, then every warp
+// reduces the warps' results (`identity` for lanes past them), so every thread gets the result.
+template <class Op>
+__device__ __forceinline__ float block_reduce(float v, float identity, Op op) {
   __shared__ float partial[32];
   __syncthreads();  // partial[] may still be read by a previous call
-  v = warp_sum(v);
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) partial[warp] = v;
   __syncthreads();
   int warps = blockDim.x / 32;
-  v = lane < warps ? partial[lane] : 0.0f;
-  return warp_sum(v);
+  v = lane < warps ? partial[lane] : identity;
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float block_sum(float v) {
+  return block_reduce(v, 0.0f, [](float a, float b) { return a + b; });
 }
 
 // KV cache element types, shared with runtime/src/backend/cuda (KvDtype). FP8 values carry one f32 scale per
@@ -86,6 +93,11 @@ __device__ __forceinline__ float kv_load(const void* p, size_t i) {
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
+}
+
+// Max over a block, as block_sum: every thread gets the result.
+__device__ __forceinline__ float block_max(float v) {
+  return block_reduce(v, -INFINITY, [](float a, float b) { return fmaxf(a, b); });
 }
 
 // 16 bytes of weights as floats: V = 16 / sizeof(element) values.

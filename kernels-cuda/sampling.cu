@@ -72,29 +72,6 @@ struct DrawArg {
 // Candidates examined before the host sorts the whole vocabulary (PARTIAL_CANDIDATES in sampler.rs).
 #define SAMPLE_HEAD 1024
 
-// Block-wide sum and max (every thread gets the result). `scratch` holds 32 values.
-__device__ float block_sum(float v, float* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0f;
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ float block_max(float v, float* scratch) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < warps ? scratch[lane] : -INFINITY;
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 // Exclusive prefix sum over the block's threads in thread order (every thread gets its own). `scratch`: 32 values.
 template <class T>
 __device__ T block_exclusive_scan(T v, T* scratch) {
@@ -158,8 +135,8 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
       ++valid;
     }
   }
-  top = block_max(top, scratch_f);
-  valid = (int)block_sum((float)valid, scratch_f);  // exact: counts stay far below 2^24
+  top = block_max(top);
+  valid = (int)block_sum((float)valid);  // exact: counts stay far below 2^24
   if (d.temperature <= 0.0f || cols <= 1 || top == -INFINITY) {
     int best = block_argmax(row, cols);
     if (tid == 0) out[blockIdx.x] = best;
@@ -169,7 +146,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
   auto weight = [&](float v) { return isnan(v) ? 0.0f : expf((v - top) * inv_t); };
   float mass = 0.0f;
   for (int c = tid; c < cols; c += blockDim.x) mass += weight(row[c]);
-  const float total_all = block_sum(mass, scratch_f);
+  const float total_all = block_sum(mass);
   const bool filtered = d.top_k > 0 || d.top_p < 1.0f || d.min_p > 0.0f;
 
   if (!filtered) {
@@ -311,7 +288,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
   // to rounding.
   const int i = tid;
   const float w = i < head ? weight(row[cand_index[i]]) : 0.0f;
-  const float head_mass = block_sum(w, scratch_f);
+  const float head_mass = block_sum(w);
   if (head < valid) {
     if (i == head - 1) scratch_pivot = w;
     __syncthreads();
@@ -332,7 +309,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     __syncthreads();
     const float floor = scratch_pivot * d.min_p;
     // Sorted best first, so the probabilities fall: the kept tokens are the prefix at or above the floor.
-    n = max((int)block_sum(i < n && p >= floor ? 1.0f : 0.0f, scratch_f), 1);
+    n = max((int)block_sum(i < n && p >= floor ? 1.0f : 0.0f), 1);
   }
   const float kept = i < n ? p : 0.0f;
   const float running = block_exclusive_scan(kept, scratch_f) + kept;  // inclusive
@@ -344,7 +321,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
     if (picked != INT_MAX) n = picked + 1;
     __syncthreads();
   }
-  const float total = block_sum(i < n ? kept : 0.0f, scratch_f);
+  const float total = block_sum(i < n ? kept : 0.0f);
   const float r = d.uniform * total;
   if (tid == 0) picked = INT_MAX;
   __syncthreads();

@@ -3,7 +3,7 @@
 //! recorded graph (graphs.rs): padded to a bucket of rows, in the bucket's fixed buffers.
 use cudarc::driver::CudaSlice;
 
-use super::{device_err, CudaBackend, CudaKvCache, KEYS_PER_SPLIT, PREFILL_TILE_MIN_ROWS, PREFILL_TILE_ROWS};
+use super::{device_err, CudaBackend, CudaKvCache, ATTENTION_TILE_ROWS, KEYS_PER_SPLIT, PREFILL_TILE_MIN_ROWS};
 use crate::{
     backend::{ForwardBatch, KvCacheSpec},
     Error, Result,
@@ -124,14 +124,14 @@ pub(super) fn graph_bucket(batch: &ForwardBatch, max_rows: usize) -> Option<usiz
     GRAPH_BUCKETS.into_iter().find(|&b| b >= rows).filter(|&b| decode && b <= max_rows)
 }
 
-/// Tiles (first row, rows) of at most PREFILL_TILE_ROWS consecutive rows that share their keys' source: the same
+/// Tiles (first row, rows) of at most ATTENTION_TILE_ROWS consecutive rows that share their keys' source: the same
 /// block table (paged) or the same first key (contiguous segments).
 pub(super) fn query_tiles(key_begin: &[u32], table_offset: Option<&[u32]>) -> Vec<(u32, u32)> {
     let source = |r: usize| table_offset.map_or(key_begin[r], |o| o[r]);
     let mut tiles: Vec<(u32, u32)> = Vec::new();
     for r in 0..key_begin.len() {
         match tiles.last_mut() {
-            Some((first, rows)) if (*rows as usize) < PREFILL_TILE_ROWS && source(*first as usize) == source(r) => {
+            Some((first, rows)) if (*rows as usize) < ATTENTION_TILE_ROWS && source(*first as usize) == source(r) => {
                 *rows += 1
             }
             _ => tiles.push((r as u32, 1)),

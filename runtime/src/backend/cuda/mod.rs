@@ -1,9 +1,10 @@
 //! The CUDA backend: kernels compiled ahead of time (runtime/build.rs, `kernels-cuda/`), loaded through the driver
 //! API at run time (cudarc, dynamically loaded, so a machine without a driver still starts and uses the CPU).
 //!
-//! First version: f32 activations, weights kept in their checkpoint dtype on the device (BF16/F16/F32, FP8 with
-//! per-channel or block scales) and converted in the GEMM; SIMT kernels; MoE routing on the device with expert
-//! dispatch planned on the host. Its job is to be correct against the CPU backend; speed comes after.
+//! f32 activations, weights kept in their checkpoint dtype on the device (BF16/F16/F32, FP8 with per-channel or block
+//! scales) and converted in the GEMMs (tensor cores for many rows, GEMVs for decode rows); attention, MoE routing and
+//! dispatch, and token choice on the device; decode steps recorded as CUDA graphs (graphs.rs). Kernel families that
+//! have a generic fallback can be switched off one by one (paths.rs) to find where a parity failure comes from.
 mod batch;
 mod graphs;
 mod kernels;
@@ -278,7 +279,8 @@ impl CudaBackend {
         let tensor_cores = shape.head_dim == 128
             && [kv.k, kv.v].iter().all(|p| p.is_multiple_of(16))
             && [k_stride, v_stride].iter().all(|s| s.is_multiple_of(8));
-        let no_split = (0i32, 0u64);
+        // The tensor-core kernels' arguments that a launch does not use: no row tiles (GQA), no key splits (prefill).
+        let (no_tiles, no_split) = ((0u64, 0u64), (0i32, 0u64));
         if let Some((r0p, rnp, tiles)) = keys.tiles.filter(|_| self.paths.prefill_attention && tensor_cores) {
             let mut b = self.stream.launch_builder(tensor_core_kernel);
             b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&shape.scale).arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs);
@@ -316,21 +318,21 @@ impl CudaBackend {
         let gqa = self.paths.gqa_attention
             && tensor_cores
             && shape.num_heads.is_multiple_of(shape.num_kv_heads.max(1))
-            && (2..=GQA_TILE_MAX_HEADS).contains(&group);
+            && (2..=ATTENTION_TILE_ROWS).contains(&group);
         if gqa {
             // One block per (row, kv head, split): the kv head's query heads share each key and value.
             let mut b = self.stream.launch_builder(gqa_kernel);
             b.arg(&qp).arg(&heads).arg(&kv_heads).arg(&shape.scale).arg(&kv.k).arg(&ks).arg(&kv.v).arg(&vs);
             b.arg(&kv.k_scale).arg(&kv.v_scale);
-            b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&0u64).arg(&0u64);
+            b.arg(&bp).arg(&cp).arg(&tp).arg(&op).arg(&block_size).arg(&no_tiles.0).arg(&no_tiles.1);
             b.arg(&per_split).arg(&pp).arg(&outp);
             let cfg = LaunchConfig {
                 grid_dim: (q.rows as u32, shape.num_kv_heads as u32, splits as u32),
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: matches kernels-cuda/attention_tc.cu ATTENTION_TC_KERNEL (GQA: heads / kv_heads <= 64 rows per
-            // tile, checked above); alignment as above; with splits, partial holds (d + 2) floats per (row, head,
+            // SAFETY: matches kernels-cuda/attention_tc.cu ATTENTION_TC_KERNEL (GQA: heads / kv_heads rows per tile,
+            // at most ATTENTION_TILE_ROWS, checked above); alignment as above; with splits, partial holds (d + 2) floats per (row, head,
             // split).
             unsafe { b.launch(cfg) }.map_err(device_err)?;
         } else {
@@ -370,19 +372,16 @@ impl CudaBackend {
     }
 }
 
-/// Query heads per kv head the GQA tensor-core kernel holds in one tile (FA_ROWS in kernels-cuda/attention_tc.cu).
-const GQA_TILE_MAX_HEADS: usize = 64;
-
-/// Keys per split of the generic attention kernel, and the (row, head) blocks below which it splits them: a batch of
+/// Keys per split of the decode attention kernels, and the (row, head) blocks below which they split them: a batch of
 /// a few decode rows has too few blocks to fill the GPU (GLM-4.5V at batch 1: 96), and each walks its whole
 /// context.
 const KEYS_PER_SPLIT: usize = 256;
 const SPLIT_BELOW_BLOCKS: usize = 1024;
 
-/// Query rows per tile of the tensor-core attention kernel (FA_ROWS in kernels-cuda/attention_tc.cu), and the rows a
-/// sequence needs in one step before attention runs on tensor cores (prefill chunks; decode rows take the generic
-/// kernel).
-const PREFILL_TILE_ROWS: usize = 64;
+/// Query rows per tile of the tensor-core attention kernels (FA_ROWS in kernels-cuda/attention_tc.cu: a prefill
+/// tile's rows of one sequence, or a GQA tile's query heads of one kv head), and the rows a sequence needs in one step
+/// before its attention runs in prefill tiles (fewer, as decode rows, take the GQA tiles or the generic kernel).
+const ATTENTION_TILE_ROWS: usize = 64;
 const PREFILL_TILE_MIN_ROWS: u32 = 16;
 
 /// Keeps memory freed to the stream-ordered pool for the next allocation instead of returning it to the driver at

@@ -13,6 +13,8 @@ pub struct KernelPaths {
     pub specialised_attention: bool,
     /// Tensor-core attention over prefill chunks and vision segments (kernels-cuda/attention_tc.cu).
     pub prefill_attention: bool,
+    /// Decode rows' attention on tensor cores, each kv head's keys read once for its query heads (head_dim 128).
+    pub gqa_attention: bool,
     /// Tensor-core GEMMs of few output tiles (decode batches over 8 rows, small layers) split K over more blocks.
     pub split_k_gemm: bool,
     /// GEMVs and expert rows compiled for the models' reduction widths (glmv-codegen's row kernels).
@@ -21,8 +23,6 @@ pub struct KernelPaths {
     pub grouped_moe: bool,
     /// Greedy tokens chosen on the device; off: the logits are copied and the host chooses.
     pub device_argmax: bool,
-    /// Decode rows' attention on tensor cores, each kv head's keys read once for its query heads (head_dim 128).
-    pub gqa_attention: bool,
     /// Keys of long contexts split over several blocks when a step has few (row, head) blocks (flash-decoding).
     pub split_keys: bool,
     /// Temperature / top-k / top-p draws on the device; off: the logits are copied and the host draws.
@@ -126,6 +126,8 @@ mod tests {
         assert!(!p.grouped_moe && !p.prefill_attention);
         assert!(
             p.specialised_attention
+                && p.gqa_attention
+                && p.split_k_gemm
                 && p.row_kernels
                 && p.device_argmax
                 && p.split_keys
