@@ -88,3 +88,18 @@ extern "C" __global__ void merge_windows(const float* x, int window, int cols, f
     out[r * cols * window + i] = x[(r * window + k) * cols + c];
   }
 }
+
+// Dynamic FP8 activations, as runtime/src/backend/mod.rs quantize_rows: each group of `group` columns of each row
+// rounded to FP8 E4M3 (nearest even, saturating) on a scale of the group's absmax / 448 (1 for an all-zero group),
+// and back. Block (row, group). out may be x: every value is read for the absmax before any is written.
+extern "C" __global__ void quantize_fp8_rows(const float* x, int cols, int group, float* out) {
+  size_t row = blockIdx.x;
+  int c0 = blockIdx.y * group, c1 = min(cols, c0 + group);
+  const float* xr = x + row * cols;
+  float m = 0.0f;
+  for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) m = fmaxf(m, fabsf(xr[c]));
+  float absmax = block_max(m);
+  float scale = absmax > 0.0f ? absmax / 448.0f : 1.0f;
+  for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x)
+    out[row * cols + c] = static_cast<float>(__nv_fp8_e4m3(xr[c] / scale)) * scale;
+}

@@ -8,8 +8,9 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 use glmv_runtime::{
     backend::{Backend, CpuBackend},
+    config::Fp8Activations,
     engine::sampler::SamplingParams,
-    pipeline::{GenerateOptions, LoadFormat, Pipeline, Prompt},
+    pipeline::{GenerateOptions, LoadFormat, LoadOptions, Pipeline, Prompt},
 };
 use serde_json::json;
 
@@ -59,6 +60,25 @@ impl KvCacheDtype {
     }
 }
 
+/// `--fp8-activations`: what an FP8 checkpoint's linears do with their inputs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Fp8ActivationsArg {
+    /// Multiply the exact activations by the dequantised FP8 weights (what transformers computes).
+    Exact,
+    /// Quantise the activations to FP8 as the checkpoint's quantization_config declares (dynamic per token for
+    /// compressed-tensors, per token and 128 columns for block FP8): what vLLM and SGLang compute.
+    Checkpoint,
+}
+
+impl Fp8ActivationsArg {
+    pub(crate) fn mode(self) -> Fp8Activations {
+        match self {
+            Fp8ActivationsArg::Exact => Fp8Activations::Exact,
+            Fp8ActivationsArg::Checkpoint => Fp8Activations::Checkpoint,
+        }
+    }
+}
+
 #[derive(Args)]
 struct ModelArgs {
     /// Checkpoint directory (config.json, *.safetensors, tokenizer.json).
@@ -68,6 +88,9 @@ struct ModelArgs {
     /// else the CPU.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// FP8 checkpoints: `exact` activations, or quantised as the `checkpoint` declares.
+    #[arg(long, value_enum, default_value_t = Fp8ActivationsArg::Exact)]
+    fp8_activations: Fp8ActivationsArg,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -215,24 +238,25 @@ pub(crate) fn pick_backend(
     Ok(AnyBackend::Cpu(CpuBackend))
 }
 
-pub(crate) fn load<B: Backend>(path: &Path, backend: B) -> Result<Pipeline<B>, glmv_runtime::Error> {
-    load_with(path, LoadFormat::Safetensors, backend)
+fn load<B: Backend>(model: &ModelArgs, backend: B) -> Result<Pipeline<B>, glmv_runtime::Error> {
+    let options = LoadOptions { format: LoadFormat::Safetensors, fp8_activations: model.fp8_activations.mode() };
+    load_with(&model.model_path, options, backend)
 }
 
 pub(crate) fn load_with<B: Backend>(
     path: &Path,
-    format: LoadFormat,
+    options: LoadOptions,
     backend: B,
 ) -> Result<Pipeline<B>, glmv_runtime::Error> {
     let start = std::time::Instant::now();
     let mut progress = |msg: &str| eprintln!("[glmv] {msg}");
-    let pipeline = Pipeline::load_with(path, format, backend, &mut progress)?;
+    let pipeline = Pipeline::load_with(path, options, backend, &mut progress)?;
     eprintln!("[glmv] model ready in {:.2}s on the {} backend", start.elapsed().as_secs_f64(), pipeline.backend.name());
     Ok(pipeline)
 }
 
 fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> CliResult {
-    let p = load(&args.model.model_path, backend)?;
+    let p = load(&args.model, backend)?;
     let defaults = &p.config.generation;
     let (prompt, from_request) = match (&args.request, &args.prompt) {
         (Some(path), _) => {
@@ -286,7 +310,7 @@ fn generate<B: Backend>(backend: B, args: &GenerateArgs) -> CliResult {
 }
 
 fn logits<B: Backend>(backend: B, args: &LogitsArgs) -> CliResult {
-    let p = load(&args.model.model_path, backend)?;
+    let p = load(&args.model, backend)?;
     let prompt = match (&args.request, &args.input_ids, &args.prompt) {
         (Some(path), _, _) => request_file::load_request(path, &args.model.model_path, &p.config)?.prompt,
         (None, Some(ids), _) => Prompt::text(ids.clone()),

@@ -10,7 +10,7 @@ use glmv_runtime::{
     backend::Backend,
     config::plan,
     demo,
-    pipeline::{LoadFormat, Pipeline},
+    pipeline::{LoadFormat, LoadOptions, Pipeline},
 };
 use glmv_server::{
     http::Limits,
@@ -112,6 +112,10 @@ pub struct ServeArgs {
     /// dtypes config.json implies (for benchmarks: only config.json, the tokenizer and the template are read).
     #[arg(long, default_value = "auto", value_parser = ["auto", "safetensors", "dummy"])]
     load_format: String,
+    /// FP8 checkpoints: `exact` multiplies exact activations by the dequantised weights (transformers' numbers);
+    /// `checkpoint` quantises them to FP8 as the checkpoint's quantization_config declares (vLLM's and SGLang's).
+    #[arg(long, value_enum, default_value_t = crate::Fp8ActivationsArg::Exact)]
+    fp8_activations: crate::Fp8ActivationsArg,
     /// Accepted for SGLang compatibility; see the startup log for what each does on this build.
     #[arg(long, alias = "tp-size")]
     tp: Option<usize>,
@@ -226,7 +230,8 @@ where
         "dummy" => LoadFormat::Dummy { seed: 0 },
         _ => LoadFormat::Safetensors,
     };
-    let mut pipeline: Pipeline<B> = load_with(&req.model_dir, format, backend)?;
+    let options = LoadOptions { format, fp8_activations: args.fp8_activations.mode() };
+    let mut pipeline: Pipeline<B> = load_with(&req.model_dir, options, backend)?;
     let kv_dtype = args.kv_cache_dtype.kv_dtype();
     pipeline.kv_dtype = kv_dtype;
     let block_size = plan::KV_BLOCK_SIZE;

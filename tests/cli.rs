@@ -132,7 +132,13 @@ fn first_shard(dir: &Path) -> PathBuf {
 
 /// The command fails with exit code 1 and one line on stderr that mentions `needle`.
 fn assert_one_line_error(dir: &Path, needle: &str) {
-    let out = glmv(&["generate", "--model-path", dir.to_str().unwrap(), "--prompt", "hi", "--max-tokens", "2"]);
+    assert_one_line_error_with(dir, &[], needle)
+}
+
+fn assert_one_line_error_with(dir: &Path, extra: &[&str], needle: &str) {
+    let mut args = vec!["generate", "--model-path", dir.to_str().unwrap(), "--prompt", "hi", "--max-tokens", "2"];
+    args.extend(extra);
+    let out = glmv(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("[glmv]")).collect();
@@ -140,6 +146,49 @@ fn assert_one_line_error(dir: &Path, needle: &str) {
     assert!(errors[0].starts_with("error: ") && errors[0].contains(needle), "{needle:?} not in {:?}", errors[0]);
     assert!(!stderr.contains("panicked"));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `--fp8-activations checkpoint` quantises the FP8 projections' inputs as the checkpoint declares: moe_fp8_block's
+/// first prompt against transformers with the same quantisation (every position of it agrees to about 1e-6 on the
+/// CPU, tests/text_parity.rs), and far from the exact-activation logits.
+#[test]
+fn logits_with_checkpoint_fp8_activations() {
+    let dir = fixtures_root().join("moe_fp8_block");
+    let exp = &expected_prompts(&dir)[0];
+    let want = glmv_runtime::weights::WeightStore::open_file(&dir.join("text_logits_fp8_activations.safetensors"))
+        .unwrap()
+        .get("prompt0.logits")
+        .unwrap()
+        .to_f32_vec()
+        .unwrap();
+    let ckpt = dir.join("checkpoint");
+    let id_list: Vec<String> = exp.prompt_ids.iter().map(u32::to_string).collect();
+    let ids = id_list.join(",");
+    let args = ["logits", "--model-path", ckpt.to_str().unwrap(), "--json", "--device", "cpu", "--input-ids", &ids];
+    let v = json_stdout(&glmv(&[&args[..], &["--fp8-activations", "checkpoint"]].concat()));
+    let rows = v["logits"].as_array().unwrap();
+    assert_eq!(rows.len(), exp.prompt_ids.len());
+    for (i, row) in rows.iter().enumerate() {
+        let row: Vec<f32> = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let err = rel_l2(&row, &want[i * exp.vocab..(i + 1) * exp.vocab]);
+        assert!(err <= 1e-4, "position {i}: {err:.2e} from transformers with quantised activations");
+        assert!(rel_l2(&row, exp.row(i)) > 1e-3, "position {i}: as with exact activations");
+    }
+}
+
+/// A checkpoint whose activation scales are static loads with exact activations and refuses its own scheme.
+#[test]
+fn static_activation_scales_are_a_one_line_error_when_asked_for() {
+    let dir = scratch_copy("dense_fp8_channel", "static");
+    let path = dir.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let acts = &mut config["quantization_config"]["config_groups"]["group_0"]["input_activations"];
+    acts["dynamic"] = false.into();
+    acts["strategy"] = "tensor".into();
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = glmv(&["generate", "--model-path", dir.to_str().unwrap(), "--prompt", "hi", "--max-tokens", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_one_line_error_with(&dir, &["--fp8-activations", "checkpoint"], "static");
 }
 
 #[test]

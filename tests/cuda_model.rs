@@ -13,11 +13,11 @@ use glmv_runtime::{
     },
     config::{
         known::{KnownModel, Precision},
-        ModelConfig,
+        Fp8Activations, ModelConfig,
     },
     engine::{sampler::SamplingParams, Engine, EngineConfig, EventKind, Request, RequestId},
     model::{text_batch, Grid, MediaKind, TextModel},
-    pipeline::{GenerateOptions, MediaInput, Pipeline, Prompt},
+    pipeline::{GenerateOptions, LoadOptions, MediaInput, Pipeline, Prompt},
     weights::WeightStore,
 };
 
@@ -99,6 +99,50 @@ fn fixture_models_match_cpu() {
     }
 }
 
+/// The FP8 fixtures with `--fp8-activations checkpoint` on the device against the CPU backend, every position.
+/// Each projection's input is rounded to FP8 from values each backend computed in its own summation order, so a value
+/// lying on a rounding boundary can round one FP8 step apart, and these tiny random models amplify that in the
+/// positions that attend to it (the CPU against transformers does the same: tests/text_parity.rs, where most rows
+/// agree to 1e-6). The op-level tests (tests/cuda_ops.rs) hold the rounding itself to 1e-4; here: each prompt's
+/// first position within 1e-2, and the whole logits within 0.3 (quantised and exact activations are 5e-2 .. 2e-1
+/// apart on these models), with the share of rows that agree to 1e-4 logged.
+#[test]
+fn fp8_activations_match_cpu() {
+    if let Err(e) = CudaBackend::new(0) {
+        eprintln!("skipped: no usable CUDA device ({e})");
+        return;
+    }
+    let options = LoadOptions { fp8_activations: Fp8Activations::Checkpoint, ..Default::default() };
+    let mut checked = 0;
+    for dir in text_fixtures() {
+        if !dir.join("text_logits_fp8_activations.safetensors").exists() {
+            continue;
+        }
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let ckpt = dir.join("checkpoint");
+        let gpu = Pipeline::load_with(&ckpt, options, CudaBackend::new_poisoned(0).unwrap(), &mut |_| {}).unwrap();
+        let cpu = Pipeline::load_with(&ckpt, options, CpuBackend, &mut |_| {}).unwrap();
+        let (mut agreeing, mut rows) = (0, 0);
+        for (k, exp) in expected_prompts(&dir).iter().enumerate() {
+            let prompt = Prompt::text(exp.all_ids());
+            let g = gpu.prompt_logits(&prompt, 0).unwrap();
+            let c = cpu.prompt_logits(&prompt, 0).unwrap();
+            assert!(g.iter().all(|v| v.is_finite()), "{name} prompt {k}: non-finite logits");
+            let errors: Vec<f64> = g.chunks(exp.vocab).zip(c.chunks(exp.vocab)).map(|(a, b)| rel_l2(a, b)).collect();
+            let whole = rel_l2(&g, &c);
+            let listed: Vec<String> = errors.iter().map(|e| format!("{e:.0e}")).collect();
+            eprintln!("{name} prompt {k}: GPU vs CPU, FP8 activations: {whole:.2e}; rows {}", listed.join(" "));
+            assert!(errors[0] <= 1e-2, "{name} prompt {k}: first position {:.2e}", errors[0]);
+            assert!(whole <= 0.3, "{name} prompt {k}: {whole:.2e}");
+            agreeing += errors.iter().filter(|&&e| e <= 1e-4).count();
+            rows += errors.len();
+        }
+        eprintln!("{name}: {agreeing} of {rows} rows within 1e-4 of the CPU with FP8 activations");
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "the four FP8 fixtures");
+}
+
 /// Logits of the last prompt row and of each decode step of a model over `ids`: the prompt in two chunks (the second
 /// attends to the first through the paged cache), then one token per step.
 fn chunked_logits<B: Backend>(
@@ -108,7 +152,7 @@ fn chunked_logits<B: Backend>(
     ids: &[u32],
     prompt: usize,
 ) -> Vec<f32> {
-    let model = TextModel::load(&backend, config, store, &mut |_| {}).unwrap();
+    let model = TextModel::load(&backend, config, store, Fp8Activations::Exact, &mut |_| {}).unwrap();
     let block = 16;
     let blocks = ids.len().div_ceil(block);
     let mut cache = backend.kv_cache(&model.kv_cache_spec(blocks, block, KvDtype::Bf16)).unwrap();

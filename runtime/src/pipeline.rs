@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::{
     backend::{Backend, ForwardBatch, KvDtype, SeqSpan},
-    config::ModelConfig,
+    config::{Fp8Activations, ModelConfig},
     engine::sampler::{sample, Rng, SamplingParams},
     model::{mrope_positions, Grid, MediaGrid, MediaKind, TextModel, VisionTower},
     text::Tokenizer,
@@ -89,12 +89,26 @@ pub enum LoadFormat {
     Dummy { seed: u64 },
 }
 
+/// How a model is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub format: LoadFormat,
+    /// Whether an FP8 checkpoint's linears quantise their inputs as it declares.
+    pub fp8_activations: Fp8Activations,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { format: LoadFormat::Safetensors, fp8_activations: Fp8Activations::Exact }
+    }
+}
+
 impl<B: Backend> Pipeline<B> {
     pub fn load(dir: &Path, backend: B, progress: &mut dyn FnMut(&str)) -> Result<Self> {
-        Self::load_with(dir, LoadFormat::Safetensors, backend, progress)
+        Self::load_with(dir, LoadOptions::default(), backend, progress)
     }
 
-    pub fn load_with(dir: &Path, format: LoadFormat, backend: B, progress: &mut dyn FnMut(&str)) -> Result<Self> {
+    pub fn load_with(dir: &Path, options: LoadOptions, backend: B, progress: &mut dyn FnMut(&str)) -> Result<Self> {
         let config = ModelConfig::from_dir(dir)?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         let image = tokenizer.token_to_id("<|image|>");
@@ -105,7 +119,7 @@ impl<B: Backend> Pipeline<B> {
                 image.unwrap_or_default()
             )));
         }
-        let store = match format {
+        let store = match options.format {
             LoadFormat::Safetensors => WeightStore::open(dir, progress)?,
             LoadFormat::Dummy { seed } => {
                 let store = WeightStore::dummy(&config, seed);
@@ -116,7 +130,7 @@ impl<B: Backend> Pipeline<B> {
                 store
             }
         };
-        let model = TextModel::load(&backend, &config, &store, progress)?;
+        let model = TextModel::load(&backend, &config, &store, options.fp8_activations, progress)?;
         let vision = VisionTower::load(&backend, &config.vision, &store)?;
         progress("loaded vision tower");
         Ok(Pipeline { kv_dtype: KvDtype::F32, config, tokenizer, model, vision, backend })

@@ -12,7 +12,10 @@ use std::ops::Range;
 pub use cpu::CpuBackend;
 pub use rope::Rope;
 
+use rayon::prelude::*;
+
 use crate::{
+    config::InputQuant,
     engine::sampler::Draw,
     weights::{HostTensor, LinearSource},
     Error, Result,
@@ -95,16 +98,30 @@ impl KvDtype {
 
     /// One head's values as the cache will give them back.
     pub fn round_trip(self, head: &mut [f32]) {
-        use crate::weights::{bf16_to_f32, f32_to_bf16_rne, f32_to_f8e4m3_rne, F8E4M3_TABLE};
+        use crate::weights::{bf16_to_f32, f32_to_bf16_rne};
         match self {
             KvDtype::F32 => {}
             KvDtype::Bf16 => head.iter_mut().for_each(|v| *v = bf16_to_f32(f32_to_bf16_rne(*v))),
-            KvDtype::Fp8E4m3 => {
-                let scale = fp8_scale(head);
-                head.iter_mut().for_each(|v| *v = F8E4M3_TABLE[f32_to_f8e4m3_rne(*v / scale) as usize] * scale);
-            }
+            KvDtype::Fp8E4m3 => fp8_round_trip(head),
         }
     }
+}
+
+/// `values` rounded to FP8 E4M3 on the scale of their absmax ([`fp8_scale`]) and back, as an FP8 KV cache head or
+/// a dynamically quantised activation group holds them.
+pub fn fp8_round_trip(values: &mut [f32]) {
+    use crate::weights::{f32_to_f8e4m3_rne, F8E4M3_TABLE};
+    let scale = fp8_scale(values);
+    values.iter_mut().for_each(|v| *v = F8E4M3_TABLE[f32_to_f8e4m3_rne(*v / scale) as usize] * scale);
+}
+
+/// The input rows of an FP8 linear as `quant` has them (vLLM's and SGLang's dynamic FP8 activations): each row of
+/// `cols` values, or each group of columns within it, rounded to FP8 on a scale of its own. Every backend computes
+/// exactly this, so its GEMMs see the same inputs.
+pub fn quantize_rows(data: &mut [f32], cols: usize, quant: InputQuant) {
+    let InputQuant::Fp8 { group } = quant else { return };
+    let group = group.unwrap_or(cols).clamp(1, cols.max(1));
+    data.par_chunks_mut(cols.max(1)).for_each(|row| row.chunks_mut(group).for_each(fp8_round_trip));
 }
 
 /// The FP8 KV scale of one head's values: absmax / 448, or 1 for an all-zero head.

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-pub use quant::QuantConfig;
+pub use quant::{ActivationScheme, Fp8Activations, InputQuant, QuantConfig, WeightQuant};
 
 use crate::{Error, Result};
 use json::{first, Obj};

@@ -14,7 +14,7 @@
 //! tower (a data-parallel encoder, as SGLang's `--mm-enable-dp-encoder`; 12 vision heads do not split 8 ways).
 use serde_json::{json, Value};
 
-use super::{Family, ModelConfig, QuantConfig};
+use super::{Family, ModelConfig, QuantConfig, WeightQuant};
 use crate::{backend::KvDtype, weights::Dtype};
 
 /// `glmv serve`'s `--mem-fraction-static` default (SGLang's meaning: weights and KV cache together take this
@@ -253,11 +253,9 @@ impl Groups {
             return self.add(name, Dtype::BF16, count * rows * cols, split);
         };
         self.add(name, Dtype::F8E4M3, count * rows * cols, split);
-        let (scales, scale_split) = match quant {
-            QuantConfig::CompressedTensorsFp8 => {
-                (rows, if parallel == Parallel::Column { split } else { Split::Replicated })
-            }
-            QuantConfig::BlockFp8 { block } => (rows.div_ceil(block[0] as u64) * cols.div_ceil(block[1] as u64), split),
+        let (scales, scale_split) = match quant.weights {
+            WeightQuant::PerChannel => (rows, if parallel == Parallel::Column { split } else { Split::Replicated }),
+            WeightQuant::Block { block } => (rows.div_ceil(block[0] as u64) * cols.div_ceil(block[1] as u64), split),
         };
         let label = match scale_split {
             Split::Sharded => "FP8 scales (split)",

@@ -88,11 +88,11 @@ fn parses_quantization_schemes() {
     let mut v = glm45v();
     v["quantization_config"] = json!({"quant_method": "fp8", "weight_block_size": [128, 128]});
     let c = ModelConfig::from_json(&v, None).unwrap();
-    assert_eq!(c.quantization, Some(QuantConfig::BlockFp8 { block: [128, 128] }));
+    assert_eq!(c.quantization.map(|q| q.weights), Some(WeightQuant::Block { block: [128, 128] }));
 
     v["quantization_config"] = json!({"quant_method": "compressed-tensors", "format": "float-quantized"});
     let c = ModelConfig::from_json(&v, None).unwrap();
-    assert_eq!(c.quantization, Some(QuantConfig::CompressedTensorsFp8));
+    assert_eq!(c.quantization.map(|q| q.weights), Some(WeightQuant::PerChannel));
 
     v["quantization_config"] = json!({"quant_method": "awq"});
     assert!(matches!(ModelConfig::from_json(&v, None), Err(Error::UnsupportedQuantization(_))));

@@ -90,7 +90,7 @@ mod tests {
     use super::*;
     use crate::{
         backend::CpuBackend,
-        pipeline::{GenerateOptions, LoadFormat, Pipeline, Prompt},
+        pipeline::{GenerateOptions, LoadFormat, LoadOptions, Pipeline, Prompt},
     };
 
     /// GLM-4.5V's token ids and vocabulary with a small decoder, and GLM-4.1V's different media ids.
@@ -114,7 +114,13 @@ mod tests {
         for (image, video) in [(151363, 151364), (151343, 151344)] {
             let dir = std::env::temp_dir().join(format!("glmv-shapes-{image}-{}", std::process::id()));
             write_shapes_checkpoint(&dir, &config(image, video)).unwrap();
-            let p = Pipeline::load_with(&dir, LoadFormat::Dummy { seed: 1 }, CpuBackend, &mut |_| {}).unwrap();
+            let p = Pipeline::load_with(
+                &dir,
+                LoadOptions { format: LoadFormat::Dummy { seed: 1 }, ..Default::default() },
+                CpuBackend,
+                &mut |_| {},
+            )
+            .unwrap();
             let ids = p
                 .tokenizer
                 .encode("[gMASK]<sop><|user|>Hi<|begin_of_image|><|image|><|end_of_image|><|video|><|assistant|>")

@@ -5,7 +5,7 @@
 //! and one after the MLP: `h = x + norm_a(attn(norm1(x))); out = h + norm_m(mlp(norm2(h)))`.
 use crate::{
     backend::{AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope, Routing},
-    config::{Family, ModelConfig, TextConfig},
+    config::{Family, Fp8Activations, ModelConfig, TextConfig},
     weights::WeightStore,
     Error, Result,
 };
@@ -48,15 +48,18 @@ fn text_prefix(store: &WeightStore) -> &'static str {
 }
 
 impl<B: Backend> TextModel<B> {
-    /// Builds the text decoder from a checkpoint. Layers beyond `num_hidden_layers` (MTP) are never read.
+    /// Builds the text decoder from a checkpoint. Layers beyond `num_hidden_layers` (MTP) are never read. The FP8
+    /// projections quantise their inputs as `activations` says.
     pub fn load(
         backend: &B,
         config: &ModelConfig,
         store: &WeightStore,
+        activations: Fp8Activations,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Self> {
         let c = &config.text;
         let block = config.quantization.as_ref().and_then(|q| q.block());
+        let input = config.quantization.as_ref().map(|q| q.input_quant(activations)).transpose()?.unwrap_or_default();
         let p = text_prefix(store);
         let (h, d) = (c.hidden_size, c.head_dim);
         let embed_name = format!("{p}.embed_tokens");
@@ -69,7 +72,10 @@ impl<B: Backend> TextModel<B> {
         };
         let vector =
             |name: String, len: usize| -> Result<B::Vector> { backend.vector(&store.get_shaped(&name, &[len])?) };
-        let linear = |name: &str, out: usize, inp: usize, bias: bool| store.linear(name, out, inp, bias, block);
+        // The language model's projections; embeddings and lm_head stay exact, as the checkpoints' `ignore` lists have.
+        let linear = |name: &str, out: usize, inp: usize, bias: bool| {
+            store.linear(name, out, inp, bias, block).map(|l| l.with_input(input))
+        };
         let mlp_source = |prefix: &str, inter: usize| -> Result<MlpSource> {
             let gate_up = if store.contains(&format!("{prefix}.gate_up_proj.weight")) {
                 vec![linear(&format!("{prefix}.gate_up_proj"), 2 * inter, h, false)?]

@@ -13,7 +13,7 @@ use super::{
     Dtype, HostTensor, MappedBytes,
 };
 use crate::{
-    config::{ModelConfig, QuantConfig},
+    config::{ModelConfig, WeightQuant},
     Error, Result,
 };
 
@@ -81,11 +81,11 @@ impl DummyWeights {
             let prefix = t.name.strip_suffix(".weight").unwrap_or(&t.name).to_string();
             // The codes' RMS is about 0.4, so this scale keeps outputs near unit variance like the BF16 weights.
             let scale = Fill::F32Const(unit / 0.4 / 3f32.sqrt());
-            match quant {
-                QuantConfig::CompressedTensorsFp8 => {
+            match quant.weights {
+                WeightQuant::PerChannel => {
                     tensors.insert(format!("{prefix}.weight_scale"), DummyTensor { shape: vec![out, 1], fill: scale });
                 }
-                QuantConfig::BlockFp8 { block } => {
+                WeightQuant::Block { block } => {
                     let shape = vec![out.div_ceil(block[0]), inp.div_ceil(block[1])];
                     tensors.insert(format!("{prefix}.weight_scale_inv"), DummyTensor { shape, fill: scale });
                 }

@@ -1,7 +1,7 @@
 //! A linear layer's tensors as the checkpoint stores them: a dense weight, or FP8 with one of the two scale layouts.
 //! Whether a module is FP8 is decided from its own tensors' dtypes, never from names or the config alone.
 use super::{HostTensor, WeightStore};
-use crate::{Error, Result};
+use crate::{config::InputQuant, Error, Result};
 
 /// How FP8 weights are scaled back to real values.
 #[derive(Clone)]
@@ -41,11 +41,37 @@ impl LinearWeight {
 pub struct LinearSource {
     pub weight: LinearWeight,
     pub bias: Option<HostTensor>,
+    /// What the layer does with its input rows before multiplying: exact unless an FP8 linear runs with the
+    /// checkpoint's activation quantisation.
+    pub input: InputQuant,
 }
 
 impl LinearSource {
     pub fn out_features(&self) -> usize {
         self.weight.out_features()
+    }
+
+    /// The input treatment of a linear made of `sources` stacked (q|k|v, gate|up): they multiply the same input, so
+    /// they must treat it the same way.
+    pub fn shared_input(sources: &[LinearSource]) -> Result<InputQuant> {
+        let first = sources.first().ok_or_else(|| Error::InvalidInput("a linear layer needs a weight".into()))?;
+        match sources.iter().find(|s| s.input != first.input) {
+            Some(other) => Err(Error::InvalidInput(format!(
+                "{} quantises its input unlike {} of the same fused linear",
+                other.weight.tensor().name,
+                first.weight.tensor().name
+            ))),
+            None => Ok(first.input),
+        }
+    }
+
+    /// This layer with its input quantised as `input` says, where its weight is FP8 (dense layers stay exact, as
+    /// the checkpoints' `ignore` lists keep them out of the FP8 scheme).
+    pub fn with_input(mut self, input: InputQuant) -> Self {
+        if matches!(self.weight, LinearWeight::Fp8 { .. }) {
+            self.input = input;
+        }
+        self
     }
 }
 
@@ -73,7 +99,7 @@ impl WeightStore {
             });
         };
         let bias = if bias { Some(self.get_shaped(&format!("{prefix}.bias"), &[out])?) } else { None };
-        Ok(LinearSource { weight, bias })
+        Ok(LinearSource { weight, bias, input: InputQuant::Exact })
     }
 
     /// A convolution whose kernel covers its whole receptive field (Conv3d patch embedding, the 2x2 downsample),
@@ -90,7 +116,7 @@ impl WeightStore {
         let out = stored[0];
         weight.shape = vec![out, stored[1..].iter().product()];
         let bias = if bias { Some(self.get_shaped(&format!("{prefix}.bias"), &[out])?) } else { None };
-        Ok(LinearSource { weight: LinearWeight::Dense(weight), bias })
+        Ok(LinearSource { weight: LinearWeight::Dense(weight), bias, input: InputQuant::Exact })
     }
 
     fn fp8_scale(&self, prefix: &str, out: usize, inp: usize, block: Option<[usize; 2]>) -> Result<Fp8Scale> {

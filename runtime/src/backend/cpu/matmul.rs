@@ -4,6 +4,8 @@ use rayon::prelude::*;
 
 use super::CpuTensor;
 use crate::{
+    backend::quantize_rows,
+    config::InputQuant,
     weights::{to_f32, Dtype, Fp8Scale, HostTensor, LinearSource, LinearWeight, MappedBytes},
     Error, Result,
 };
@@ -23,6 +25,8 @@ struct Part {
 /// `y = x W^T + b` where W's rows are the rows of one or more checkpoint tensors, stacked.
 pub struct CpuLinear {
     parts: Vec<Part>,
+    /// Shared by every part: they multiply the same input.
+    input: InputQuant,
     pub in_features: usize,
     pub out_features: usize,
     bias: Option<Vec<f32>>,
@@ -36,6 +40,7 @@ impl CpuLinear {
     pub fn new(sources: &[LinearSource]) -> Result<Self> {
         let first = sources.first().ok_or_else(|| Error::InvalidInput("a linear layer needs a weight".into()))?;
         let in_features = first.weight.in_features();
+        let input = LinearSource::shared_input(sources)?;
         let mut parts = Vec::with_capacity(sources.len());
         let mut bias: Option<Vec<f32>> = None;
         let any_bias = sources.iter().any(|s| s.bias.is_some());
@@ -70,7 +75,7 @@ impl CpuLinear {
             }
         }
         let out_features = parts.iter().map(|p| p.rows).sum();
-        Ok(CpuLinear { parts, in_features, out_features, bias })
+        Ok(CpuLinear { parts, input, in_features, out_features, bias })
     }
 
     /// Writes row `row` of W as f32 into `out` (`in_features` long).
@@ -120,6 +125,15 @@ impl CpuLinear {
         if m == 0 {
             return Ok(y);
         }
+        let quantized;
+        let x = if self.input == InputQuant::Exact {
+            x
+        } else {
+            let mut q = x.clone();
+            quantize_rows(&mut q.data, k, self.input);
+            quantized = q;
+            &quantized
+        };
         let band = band_rows(n);
         let bands: Vec<(usize, Vec<f32>)> = (0..n.div_ceil(band))
             .into_par_iter()

@@ -43,6 +43,8 @@ pub struct Kernels<F = CudaFunction> {
     pub gather_rows: F,
     pub scatter_rows: F,
     pub merge_windows: F,
+    /// Dynamic FP8 activations of the FP8 linears (`--fp8-activations checkpoint`).
+    pub quantize_fp8_rows: F,
     pub rope_qkv: F,
     /// Every attention kernel by what glmv-codegen calls it: the generic ones (kernels-cuda/attention.cu) and those
     /// compiled for the head shapes of the models glmv serves.
@@ -119,6 +121,7 @@ impl<F> Kernels<F> {
             gather_rows: f("elementwise", "gather_rows")?,
             scatter_rows: f("elementwise", "scatter_rows")?,
             merge_windows: f("elementwise", "merge_windows")?,
+            quantize_fp8_rows: f("elementwise", "quantize_fp8_rows")?,
             rope_qkv: f("attention", "rope_qkv")?,
             attention: KvDtype::ALL
                 .map(|kv| (AttentionKernel { kv, head_dim: None, group: None }, "attention"))

@@ -5,6 +5,7 @@ use glmv_codegen::RowOp;
 use super::{device_err, kernels::WeightDtype, CudaBackend, CudaTensor};
 use crate::{
     backend::{ExpertsSource, MlpSource, Routing},
+    config::InputQuant,
     weights::{Dtype, Fp8Scale, LinearSource, LinearWeight},
     Error, Result,
 };
@@ -33,6 +34,8 @@ struct Part {
 
 pub struct CudaLinear {
     parts: Vec<Part>,
+    /// Shared by every part: they multiply the same input.
+    input: InputQuant,
     pub in_features: usize,
     pub out_features: usize,
     bias: Option<CudaSlice<f32>>,
@@ -56,6 +59,38 @@ impl Part {
     }
 }
 
+/// `out` = `x` with its rows quantised as `quant` says (backend::quantize_rows); `out` may be `x`.
+fn quantize_rows(be: &CudaBackend, x: &CudaTensor, quant: InputQuant, out: &CudaTensor) -> Result<()> {
+    let InputQuant::Fp8 { group } = quant else {
+        return Err(Error::InvalidInput("quantize_rows called for exact inputs".into()));
+    };
+    if x.rows == 0 || x.cols == 0 {
+        return Ok(());
+    }
+    let group = group.unwrap_or(x.cols).clamp(1, x.cols);
+    let groups = x.cols.div_ceil(group);
+    if groups > 65_535 || out.rows != x.rows || out.cols != x.cols {
+        return Err(Error::InvalidInput(format!("cannot quantise {} columns in groups of {group}", x.cols)));
+    }
+    let (xp, op, cols, g) = (be.ptr(&x.buf), be.ptr(&out.buf), x.cols as i32, group as i32);
+    let mut b = be.stream.launch_builder(&be.k.quantize_fp8_rows);
+    b.arg(&xp).arg(&cols).arg(&g).arg(&op);
+    let cfg = LaunchConfig { grid_dim: (x.rows as u32, groups as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: matches kernels-cuda/elementwise.cu quantize_fp8_rows; x and out are [rows, cols].
+    unsafe { b.launch(cfg) }.map_err(device_err)?;
+    Ok(())
+}
+
+/// A copy of `x` quantised as `quant` says, or `None` for exact inputs (the caller keeps using `x`).
+fn quantized_copy(be: &CudaBackend, x: &CudaTensor, quant: InputQuant) -> Result<Option<CudaTensor>> {
+    if quant == InputQuant::Exact {
+        return Ok(None);
+    }
+    let out = be.alloc(x.rows, x.cols)?;
+    quantize_rows(be, x, quant, &out)?;
+    Ok(Some(out))
+}
+
 /// Rows of a GEMM handled by the GEMV kernel (kernels-cuda/gemm.cu GEMV_MAX_ROWS).
 const GEMV_MAX_ROWS: usize = 8;
 
@@ -76,6 +111,7 @@ impl CudaLinear {
     pub fn new(be: &CudaBackend, sources: &[LinearSource]) -> Result<Self> {
         let first = sources.first().ok_or_else(|| Error::InvalidInput("a linear layer needs a weight".into()))?;
         let k = first.weight.in_features();
+        let input = LinearSource::shared_input(sources)?;
         let mut parts = Vec::with_capacity(sources.len());
         let mut offset = 0;
         let mut bias = Vec::new();
@@ -127,7 +163,7 @@ impl CudaLinear {
             offset += rows;
         }
         let bias = any_bias.then(|| be.upload_slice(&bias)).transpose()?;
-        Ok(CudaLinear { parts, in_features: k, out_features: offset, bias })
+        Ok(CudaLinear { parts, input, in_features: k, out_features: offset, bias })
     }
 
     fn scale_arg(&self, be: &CudaBackend, p: &Part) -> ScaleArg {
@@ -150,6 +186,8 @@ impl CudaLinear {
         if x.rows == 0 {
             return Ok(y);
         }
+        let quantized = quantized_copy(be, x, self.input)?;
+        let x = quantized.as_ref().unwrap_or(x);
         let (m, k, ldy) = (x.rows as i32, self.in_features as i32, self.out_features as i32);
         for p in &self.parts {
             let n = p.rows as i32;
@@ -281,6 +319,9 @@ struct ExpertTables {
     dtype: WeightDtype,
     inter: usize,
     hidden: usize,
+    /// What gate|up and down do with their inputs (the same for every expert).
+    gate_up_input: InputQuant,
+    down_input: InputQuant,
     /// Gate, up and down.
     tables: [ProjectionTable; 3],
 }
@@ -314,6 +355,10 @@ impl ExpertTables {
             }
         };
         let reference = &first.gate_up.parts[0];
+        let (gate_up_input, down_input) = (first.gate_up.input, first.down.input);
+        if experts.iter().any(|m| m.gate_up.input != gate_up_input || m.down.input != down_input) {
+            return Ok(None);
+        }
         let mut tables = Vec::new();
         for (which, k) in [(0usize, hidden), (1, hidden), (2, inter)] {
             let (mut weights, mut scales) = (Vec::new(), Vec::new());
@@ -348,7 +393,7 @@ impl ExpertTables {
             });
         }
         let tables: [_; 3] = tables.try_into().unwrap_or_else(|_| unreachable!("three projections"));
-        Ok(Some(ExpertTables { dtype: reference.dtype, inter, hidden, tables }))
+        Ok(Some(ExpertTables { dtype: reference.dtype, inter, hidden, gate_up_input, down_input, tables }))
     }
 
     fn arg(&self, be: &CudaBackend, which: usize) -> ExpertTableArg {
@@ -379,7 +424,8 @@ impl CudaExperts {
         if n > MAX_EXPERTS || r.n_group > MAX_GROUPS || r.n_group == 0 || !n.is_multiple_of(r.n_group) || r.top_k > n {
             return Err(Error::InvalidInput(format!("routing {r:?} over {n} experts is beyond the CUDA MoE kernel")));
         }
-        let router_src = LinearSource { weight: LinearWeight::Dense(src.router.clone()), bias: None };
+        let router_src =
+            LinearSource { weight: LinearWeight::Dense(src.router.clone()), bias: None, input: InputQuant::Exact };
         let experts: Vec<CudaMlp> = src.experts.iter().map(|e| CudaMlp::new(be, e)).collect::<Result<_>>()?;
         Ok(CudaExperts {
             fused: if experts.is_empty() { None } else { ExpertTables::new(be, &experts)? },
@@ -431,15 +477,17 @@ impl CudaExperts {
             },
         };
         let pairs = tokens * r.top_k;
-        if let Some(t) = self.fused.as_ref().filter(|_| pairs > 0) {
+        if let Some(t) = self.fused.as_ref().filter(|_| pairs > 0 && (pairs <= FUSED_MAX_PAIRS || be.paths.grouped_moe))
+        {
+            // Every expert's gate|up takes its token's row: quantised once for all of them.
+            let quantized = quantized_copy(be, x, t.gate_up_input)?;
+            let x = quantized.as_ref().unwrap_or(x);
             if pairs <= FUSED_MAX_PAIRS {
                 self.fused_experts(be, t, x, &ids, &weights, &mut y)?;
-                return Ok(y);
-            }
-            if be.paths.grouped_moe {
+            } else {
                 self.grouped_experts(be, t, x, &ids, &weights, &mut y)?;
-                return Ok(y);
             }
+            return Ok(y);
         }
         // Experts whose weights do not fit the device tables (or grouped-moe switched off): dispatch planned on the
         // host, each expert a GEMM over its rows.
@@ -502,6 +550,9 @@ impl CudaExperts {
         b.arg(&xp).arg(&pp).arg(&op).arg(&tp).arg(&en).arg(&k).arg(&h).arg(&i).arg(&gate).arg(&up).arg(&hp);
         // SAFETY: matches moe_gate_up_tc_*; a tile's 64 columns are 32 gate and 32 up rows, hence 2 * inter.
         unsafe { b.launch(tile(2 * t.inter)) }.map_err(device_err)?;
+        if t.down_input != InputQuant::Exact {
+            quantize_rows(be, &hbuf, t.down_input, &hbuf)?;
+        }
         let y_pair = be.alloc(pairs, t.hidden)?;
         let yp = be.ptr(&y_pair.buf);
         let mut b = be.stream.launch_builder(&be.k.moe_down_tc[t.dtype as usize]);
@@ -547,6 +598,9 @@ impl CudaExperts {
         let blocks = (pairs * t.inter).div_ceil(256).clamp(1, 4096) as u32;
         // SAFETY: matches kernels-cuda/elementwise.cu swiglu.
         unsafe { b.launch(LaunchConfig { grid_dim: (blocks, 1, 1), ..be.launch_rows(1) }) }.map_err(device_err)?;
+        if t.down_input != InputQuant::Exact {
+            quantize_rows(be, &hbuf, t.down_input, &hbuf)?;
+        }
         let (wp, yp, tn) = (be.ptr(weights), be.ptr(&y.buf), tokens as i32);
         let down_kernel = be.row_kernel(RowOp::ExpertDown, t.dtype, t.inter);
         let mut b = be.stream.launch_builder(down_kernel.unwrap_or(&be.k.moe_down[t.dtype as usize]));
