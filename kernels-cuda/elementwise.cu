@@ -90,9 +90,11 @@ extern "C" __global__ void merge_windows(const float* x, int window, int cols, f
 }
 
 // Dynamic FP8 activations, as runtime/src/backend/mod.rs quantize_rows: each group of `group` columns of each row
-// rounded to FP8 E4M3 (nearest even, saturating) on a scale of the group's absmax / 448 (1 for an all-zero group),
-// and back. Block (row, group). out may be x: every value is read for the absmax before any is written.
-extern "C" __global__ void quantize_fp8_rows(const float* x, int cols, int group, float* out) {
+// rounded to FP8 E4M3 (nearest even, saturating) on a scale of the group's absmax / 448 (1 for an all-zero group).
+// Block (row, group); put(i, code, scale) takes the code of element i of x. Every value is read for the absmax before
+// any is put, so a kernel may write over x. Returns the group's scale (to every thread).
+template <class Put>
+__device__ __forceinline__ float quantize_group(const float* x, int cols, int group, Put put) {
   size_t row = blockIdx.x;
   int c0 = blockIdx.y * group, c1 = min(cols, c0 + group);
   const float* xr = x + row * cols;
@@ -100,6 +102,17 @@ extern "C" __global__ void quantize_fp8_rows(const float* x, int cols, int group
   for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) m = fmaxf(m, fabsf(xr[c]));
   float absmax = block_max(m);
   float scale = absmax > 0.0f ? absmax / 448.0f : 1.0f;
-  for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x)
-    out[row * cols + c] = static_cast<float>(__nv_fp8_e4m3(xr[c] / scale)) * scale;
+  for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) put(row * cols + c, __nv_fp8_e4m3(xr[c] / scale), scale);
+  return scale;
+}
+
+// The quantised values as f32 (code * scale), for GEMMs over f32 inputs. out may be x.
+extern "C" __global__ void quantize_fp8_rows(const float* x, int cols, int group, float* out) {
+  quantize_group(x, cols, group, [&](size_t i, __nv_fp8_e4m3 q, float scale) { out[i] = static_cast<float>(q) * scale; });
+}
+
+// The codes [rows, cols] and scales [rows, groups], for the FP8 tensor-core GEMM (gemm.cu gemm_fp8_tc).
+extern "C" __global__ void quantize_fp8_codes(const float* x, int cols, int group, uint8_t* codes, float* scales) {
+  float scale = quantize_group(x, cols, group, [&](size_t i, __nv_fp8_e4m3 q, float) { codes[i] = q.__x; });
+  if (threadIdx.x == 0) scales[(size_t)blockIdx.x * gridDim.y + blockIdx.y] = scale;
 }

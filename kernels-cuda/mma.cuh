@@ -29,6 +29,18 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// D = A(16x32, row) * B(32x8, col) + D, FP8 E4M3 inputs, f32 accumulators (sm_89 and later). Fragments of 8-bit
+// types (PTX ISA, mma.m16n8k32): with g = lane / 4 and q = (lane % 4) * 4, a[0] holds A row g, k q..q+3; a[1] row
+// g + 8, the same k; a[2] and a[3] the same rows at k 16 + q..; b[0] holds B column g, k q..q+3, b[1] k 16 + q...
+// Each register is four consecutive k of one row of a row-major [rows][k] byte tile: one 32-bit load.
+__device__ __forceinline__ void mma_e4m3_16832(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 __device__ __forceinline__ void split_bf16(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
   hi = __float2bfloat16_rn(v);
   lo = __float2bfloat16_rn(v - __bfloat162float(hi));
@@ -65,6 +77,21 @@ struct TcLane {
   __device__ int row(int i, int h) const { return wm + i * 16 + group + h * 8; }
   __device__ int col(int j, int c) const { return wn + j * 8 + pair + c; }
 };
+
+// y[m0 + row, n0 + col] = total (TcLane's layout) + bias[col], for the rows and columns inside M x N.
+__device__ __forceinline__ void tc_store(const float total[2][4][4], int m0, int n0, int M, int N, const float* bias,
+                                         float* y, int ldy) {
+  TcLane t;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int m = m0 + t.row(i, e >> 1), n = n0 + t.col(j, e & 1);
+        if (m < M && n < N) y[(size_t)m * ldy + n] = total[i][j][e] + (bias != nullptr ? bias[n] : 0.0f);
+      }
+}
 
 // How the weight scales of a tile are applied: late (to partial sums, per column block of `block_cols`, or once at
 // the end when `col_blocks` == 1) or, when `late` is false, by `w_at` while staging.

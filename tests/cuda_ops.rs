@@ -111,6 +111,56 @@ fn linear_matches_cpu() {
     }
 }
 
+/// FP8 weights times FP8-quantised activations on the FP8 tensor-core GEMM (gemm_fp8_tc: enough tiles that K is not
+/// split, K a multiple of 16): per-channel weights with per-token inputs, block-128 weights with 128-column input
+/// groups (windows that end at each block), K not a multiple of 32, rows and columns not multiples of 64, a bias.
+/// The same quantised inputs on both backends, so only summation order differs.
+#[test]
+fn fp8_activation_gemm_matches_cpu() {
+    let Some(gpu) = device() else { return };
+    let mut rng = Rng::new(5);
+    let store = write(
+        &scratch("fp8-gemm"),
+        &[
+            tensor("c.weight", &[1408, 4096], Data::Fp8(fp8_bytes(&mut rng, 1408 * 4096))),
+            tensor("c.weight_scale", &[1408, 1], Data::F32(rng.vec(1408, 0.01))),
+            tensor("b.weight", &[2048, 1024], Data::Fp8(fp8_bytes(&mut rng, 2048 * 1024))),
+            tensor("b.weight_scale_inv", &[16, 8], Data::F32(rng.vec(128, 0.01))),
+            tensor("o.weight", &[1000, 1040], Data::Fp8(fp8_bytes(&mut rng, 1000 * 1040))),
+            tensor("o.weight_scale", &[1000, 1], Data::F32(rng.vec(1000, 0.01))),
+            tensor("o.bias", &[1000], Data::Bf16(rng.vec(1000, 0.1))),
+        ],
+    );
+    let per_token = InputQuant::Fp8 { group: None };
+    let cases = [
+        (
+            "per-channel 1408 x 4096, per-token inputs",
+            store.linear("c", 1408, 4096, false, None).unwrap(),
+            per_token,
+            1024,
+        ),
+        (
+            "block-128 2048 x 1024, inputs per 128 columns",
+            store.linear("b", 2048, 1024, false, Some([128, 128])).unwrap(),
+            InputQuant::Fp8 { group: Some(128) },
+            600,
+        ),
+        (
+            "per-channel 1000 x 1040 with bias, per-token inputs",
+            store.linear("o", 1000, 1040, true, None).unwrap(),
+            per_token,
+            1100,
+        ),
+    ];
+    for (what, linear, input, rows) in cases {
+        let parts = [linear.with_input(input)];
+        let k = parts[0].weight.in_features();
+        let mut x = rng.vec(rows * k, 1.0);
+        x[..k].iter_mut().for_each(|v| *v = 0.0); // an all-zero row (scale 1)
+        close(what, &linear_out(&gpu, &parts, &x, rows), &linear_out(&CpuBackend, &parts, &x, rows), TOL);
+    }
+}
+
 /// Every GEMV glmv-codegen specialises (each width of the models' linears, BF16 and FP8 per-channel) against the
 /// CPU, at decode row counts.
 #[test]

@@ -64,6 +64,9 @@ const DTYPES: [&str; 4] = ["bf16", "fp8", "f16", "f32"];
 #[test]
 fn prefill_gemms_use_tensor_cores_on_sm90a() {
     assert_tensor_cores("gemm", &DTYPES.map(|d| format!("gemm_tc_{d}")));
+    // FP8 weights times FP8 activations: mma.sync on E4M3 (Hopper runs it as F16 HMMA; its FP8 tensor cores are
+    // wgmma's), both operands staged 16 bytes at a time.
+    assert_tensor_cores("gemm", &["gemm_fp8_tc".to_string()]);
 }
 
 /// The grouped expert GEMMs that run MoE layers over many (token, expert) pairs.
@@ -79,7 +82,7 @@ fn grouped_expert_gemms_use_tensor_cores_on_sm90a() {
 #[test]
 fn bf16_and_fp8_gemm_tiles_load_16_bytes_at_a_time() {
     for (image, names) in [
-        ("gemm", vec!["gemm_tc_bf16", "gemm_tc_fp8"]),
+        ("gemm", vec!["gemm_tc_bf16", "gemm_tc_fp8", "gemm_fp8_tc"]),
         ("moe", vec!["moe_gate_up_tc_bf16", "moe_gate_up_tc_fp8", "moe_down_tc_bf16", "moe_down_tc_fp8"]),
     ] {
         let (_, bytes) = KERNEL_IMAGES.iter().find(|(n, _)| *n == image).unwrap();

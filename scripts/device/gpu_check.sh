@@ -44,8 +44,8 @@ step() {   # step FILE TIMEOUT COMMAND...: appends COMMAND's output to $OUT/FILE
 { "$BIN/glmv" --version; nvidia-smi; } > "$OUT/nvidia-smi.txt" 2>&1
 head -n 12 "$OUT/nvidia-smi.txt"
 # The kernel families GLMV_CUDA_GENERIC can switch off (runtime/src/backend/cuda/paths.rs KernelPaths::NAMES).
-FAMILIES="specialised-attention prefill-attention gqa-attention row-kernels grouped-moe device-argmax split-keys
-device-sampling cuda-graphs"
+FAMILIES="specialised-attention prefill-attention gqa-attention split-k-gemm row-kernels grouped-moe device-argmax
+split-keys device-sampling cuda-graphs fp8-mma"
 
 bisect() {   # bisect NAME: reruns the tests that failed in $OUT/NAME.txt with every family off, then one at a time
   local name=$1 failed

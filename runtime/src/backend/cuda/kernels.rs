@@ -33,6 +33,8 @@ pub struct Kernels<F = CudaFunction> {
     pub gemm: [F; 4],
     /// Adds up the K splits of a split-K `gemm`.
     pub gemm_split_reduce: F,
+    /// FP8 weights times FP8-quantised activations (E4M3 codes and per-group scales).
+    pub gemm_fp8_tc: F,
     pub gemv: [F; 4],
     /// GEMV with 16-byte weight loads (rows a multiple of 16 bytes).
     pub gemv_vec: [F; 4],
@@ -43,8 +45,10 @@ pub struct Kernels<F = CudaFunction> {
     pub gather_rows: F,
     pub scatter_rows: F,
     pub merge_windows: F,
-    /// Dynamic FP8 activations of the FP8 linears (`--fp8-activations checkpoint`).
+    /// Dynamic FP8 activations of the FP8 linears (`--fp8-activations checkpoint`): as f32 values, and as E4M3 codes
+    /// and scales for `gemm_fp8_tc`.
     pub quantize_fp8_rows: F,
+    pub quantize_fp8_codes: F,
     pub rope_qkv: F,
     /// Every attention kernel by what glmv-codegen calls it: the generic ones (kernels-cuda/attention.cu) and those
     /// compiled for the head shapes of the models glmv serves.
@@ -112,6 +116,7 @@ impl<F> Kernels<F> {
             embed: per_dtype("elementwise", "embed")?,
             gemm: per_dtype("gemm", "gemm_tc")?,
             gemm_split_reduce: f("gemm", "gemm_split_reduce")?,
+            gemm_fp8_tc: f("gemm", "gemm_fp8_tc")?,
             gemv: per_dtype("gemm", "gemv")?,
             gemv_vec: per_dtype("gemm", "gemv_vec")?,
             rms_norm: f("elementwise", "rms_norm")?,
@@ -122,6 +127,7 @@ impl<F> Kernels<F> {
             scatter_rows: f("elementwise", "scatter_rows")?,
             merge_windows: f("elementwise", "merge_windows")?,
             quantize_fp8_rows: f("elementwise", "quantize_fp8_rows")?,
+            quantize_fp8_codes: f("elementwise", "quantize_fp8_codes")?,
             rope_qkv: f("attention", "rope_qkv")?,
             attention: KvDtype::ALL
                 .map(|kv| (AttentionKernel { kv, head_dim: None, group: None }, "attention"))

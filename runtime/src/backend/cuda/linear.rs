@@ -2,7 +2,12 @@
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use glmv_codegen::RowOp;
 
-use super::{device_err, kernels::WeightDtype, CudaBackend, CudaTensor};
+use super::{
+    device_err,
+    fp8_inputs::{fp8_mma_group, quantize_rows, LinearInput},
+    kernels::WeightDtype,
+    CudaBackend, CudaTensor,
+};
 use crate::{
     backend::{ExpertsSource, MlpSource, Routing},
     config::InputQuant,
@@ -57,38 +62,6 @@ impl Part {
         let scale_ok = self.scale.is_none() || self.block[1] == k || self.block[1].is_multiple_of(per_chunk);
         (k * bytes).is_multiple_of(16) && scale_ok
     }
-}
-
-/// `out` = `x` with its rows quantised as `quant` says (backend::quantize_rows); `out` may be `x`.
-fn quantize_rows(be: &CudaBackend, x: &CudaTensor, quant: InputQuant, out: &CudaTensor) -> Result<()> {
-    let InputQuant::Fp8 { group } = quant else {
-        return Err(Error::InvalidInput("quantize_rows called for exact inputs".into()));
-    };
-    if x.rows == 0 || x.cols == 0 {
-        return Ok(());
-    }
-    let group = group.unwrap_or(x.cols).clamp(1, x.cols);
-    let groups = x.cols.div_ceil(group);
-    if groups > 65_535 || out.rows != x.rows || out.cols != x.cols {
-        return Err(Error::InvalidInput(format!("cannot quantise {} columns in groups of {group}", x.cols)));
-    }
-    let (xp, op, cols, g) = (be.ptr(&x.buf), be.ptr(&out.buf), x.cols as i32, group as i32);
-    let mut b = be.stream.launch_builder(&be.k.quantize_fp8_rows);
-    b.arg(&xp).arg(&cols).arg(&g).arg(&op);
-    let cfg = LaunchConfig { grid_dim: (x.rows as u32, groups as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: matches kernels-cuda/elementwise.cu quantize_fp8_rows; x and out are [rows, cols].
-    unsafe { b.launch(cfg) }.map_err(device_err)?;
-    Ok(())
-}
-
-/// A copy of `x` quantised as `quant` says, or `None` for exact inputs (the caller keeps using `x`).
-fn quantized_copy(be: &CudaBackend, x: &CudaTensor, quant: InputQuant) -> Result<Option<CudaTensor>> {
-    if quant == InputQuant::Exact {
-        return Ok(None);
-    }
-    let out = be.alloc(x.rows, x.cols)?;
-    quantize_rows(be, x, quant, &out)?;
-    Ok(Some(out))
 }
 
 /// Rows of a GEMM handled by the GEMV kernel (kernels-cuda/gemm.cu GEMV_MAX_ROWS).
@@ -186,17 +159,17 @@ impl CudaLinear {
         if x.rows == 0 {
             return Ok(y);
         }
-        let quantized = quantized_copy(be, x, self.input)?;
-        let x = quantized.as_ref().unwrap_or(x);
+        // The input as each part's kernel takes it (exact, quantised values, or FP8 codes), made once.
+        let mut input = LinearInput::new(x, self.input);
         let (m, k, ldy) = (x.rows as i32, self.in_features as i32, self.out_features as i32);
         for p in &self.parts {
             let n = p.rows as i32;
             let scale = self.scale_arg(be, p);
-            let xp = be.ptr(&x.buf);
             let wp = be.ptr(&p.weight);
             let bp = self.bias.as_ref().map_or(0, |b| be.ptr(b) + (p.offset * 4) as u64);
             let yp = be.ptr(&y.buf) + (p.offset * 4) as u64;
             if x.rows <= GEMV_MAX_ROWS {
+                let xp = be.ptr(&input.values(be)?.buf);
                 let blocks = (p.rows * 32).div_ceil(256) as u32;
                 let f = if p.vector_loads(self.in_features) {
                     let specialised = be.row_kernel(RowOp::Gemv, p.dtype, self.in_features);
@@ -215,19 +188,33 @@ impl CudaLinear {
             let tiles = (p.rows.div_ceil(TC_TILE), x.rows.div_ceil(TC_TILE));
             let (splits, k_split) =
                 if be.paths.split_k_gemm { k_splits(tiles.0 * tiles.1, self.in_features, be.sm_count) } else { (1, 0) };
+            let tile_grid = |splits: usize| LaunchConfig {
+                grid_dim: (tiles.0 as u32, tiles.1 as u32, splits as u32),
+                block_dim: (TC_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let fp8_group = (be.paths.fp8_mma && splits == 1 && p.dtype == WeightDtype::Fp8)
+                .then(|| fp8_mma_group(input.quant(), self.in_features, p.block[1]))
+                .flatten();
+            if let Some(group) = fp8_group {
+                let codes = input.codes(be, group)?;
+                let (cp, sp, g) = (be.ptr(&codes.codes), be.ptr(&codes.scales), group as i32);
+                let mut b = be.stream.launch_builder(&be.k.gemm_fp8_tc);
+                b.arg(&cp).arg(&sp).arg(&g).arg(&m).arg(&k).arg(&wp).arg(&scale).arg(&bp).arg(&n).arg(&yp).arg(&ldy);
+                // SAFETY: matches kernels-cuda/gemm.cu gemm_fp8_tc (conditions checked by fp8_mma_group); y has ldy
+                // columns and this part writes columns offset .. offset + rows.
+                unsafe { b.launch(tile_grid(1)) }.map_err(device_err)?;
+                continue;
+            }
+            let xp = be.ptr(&input.values(be)?.buf);
             // Every split writes all of its [rows, part rows] (poisoned in tests like any activation).
             let partial = if splits > 1 { Some(be.alloc(splits * x.rows, p.rows)?) } else { None };
             let (ks, pp) = (k_split as i32, partial.as_ref().map_or(0, |t| be.ptr(&t.buf)));
             let mut b = be.stream.launch_builder(&be.k.gemm[p.dtype as usize]);
             b.arg(&xp).arg(&m).arg(&k).arg(&wp).arg(&scale).arg(&bp).arg(&n).arg(&yp).arg(&ldy).arg(&ks).arg(&pp);
-            let cfg = LaunchConfig {
-                grid_dim: (tiles.0 as u32, tiles.1 as u32, splits as u32),
-                block_dim: (TC_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
             // SAFETY: matches kernels-cuda/gemm.cu gemm_tc_*; y has ldy columns and this part writes columns
             // offset .. offset + rows; with splits, partial holds splits x [rows, part rows].
-            unsafe { b.launch(cfg) }.map_err(device_err)?;
+            unsafe { b.launch(tile_grid(splits)) }.map_err(device_err)?;
             if splits > 1 {
                 let sn = splits as i32;
                 let mut b = be.stream.launch_builder(&be.k.gemm_split_reduce);
@@ -480,8 +467,8 @@ impl CudaExperts {
         if let Some(t) = self.fused.as_ref().filter(|_| pairs > 0 && (pairs <= FUSED_MAX_PAIRS || be.paths.grouped_moe))
         {
             // Every expert's gate|up takes its token's row: quantised once for all of them.
-            let quantized = quantized_copy(be, x, t.gate_up_input)?;
-            let x = quantized.as_ref().unwrap_or(x);
+            let mut input = LinearInput::new(x, t.gate_up_input);
+            let x = input.values(be)?;
             if pairs <= FUSED_MAX_PAIRS {
                 self.fused_experts(be, t, x, &ids, &weights, &mut y)?;
             } else {

@@ -6,6 +6,7 @@
 //! dispatch, and token choice on the device; decode steps recorded as CUDA graphs (graphs.rs). Kernel families that
 //! have a generic fallback can be switched off one by one (paths.rs) to find where a parity failure comes from.
 mod batch;
+mod fp8_inputs;
 mod graphs;
 mod kernels;
 mod paths;
@@ -203,8 +204,13 @@ impl CudaBackend {
     }
 
     fn alloc(&self, rows: usize, cols: usize) -> Result<CudaTensor> {
-        // SAFETY: every kernel that gets a fresh tensor writes all of it.
-        let buf = unsafe { self.stream.alloc::<f32>((rows * cols).max(1)) }.map_err(device_err)?;
+        Ok(CudaTensor { rows, cols, buf: self.alloc_slice::<f32>(rows * cols)? })
+    }
+
+    /// `n` (at least one) elements for a kernel to fill, poisoned (all bytes 0xff: NaN as f32 and as FP8) in tests.
+    fn alloc_slice<T: cudarc::driver::DeviceRepr>(&self, n: usize) -> Result<CudaSlice<T>> {
+        // SAFETY: every kernel that gets a fresh buffer writes all of it.
+        let buf = unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(device_err)?;
         if self.poison {
             // SAFETY: the range is the allocation just made, on its own stream.
             unsafe {
@@ -212,7 +218,7 @@ impl CudaBackend {
             }
             .map_err(device_err)?;
         }
-        Ok(CudaTensor { rows, cols, buf })
+        Ok(buf)
     }
 
     fn upload_slice<T: cudarc::driver::DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {

@@ -29,6 +29,9 @@ pub struct KernelPaths {
     pub device_sampling: bool,
     /// Decode steps recorded once per shape and replayed as CUDA graphs (`--disable-cuda-graph` also turns it off).
     pub cuda_graphs: bool,
+    /// FP8 weights times FP8-quantised activations (`--fp8-activations checkpoint`) on FP8 tensor cores; off: the
+    /// quantised activations go through the BF16 tensor-core GEMM as f32 values.
+    pub fp8_mma: bool,
 }
 
 impl Default for KernelPaths {
@@ -44,13 +47,14 @@ impl Default for KernelPaths {
             split_keys: true,
             device_sampling: true,
             cuda_graphs: true,
+            fp8_mma: true,
         }
     }
 }
 
 impl KernelPaths {
     /// Names as `GENERIC_ENV` takes them.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "specialised-attention",
         "prefill-attention",
         "gqa-attention",
@@ -61,6 +65,7 @@ impl KernelPaths {
         "split-keys",
         "device-sampling",
         "cuda-graphs",
+        "fp8-mma",
     ];
 
     fn flag(&mut self, name: &str) -> Option<&mut bool> {
@@ -75,6 +80,7 @@ impl KernelPaths {
             "split-keys" => &mut self.split_keys,
             "device-sampling" => &mut self.device_sampling,
             "cuda-graphs" => &mut self.cuda_graphs,
+            "fp8-mma" => &mut self.fp8_mma,
             _ => return None,
         })
     }
@@ -133,11 +139,21 @@ mod tests {
                 && p.split_keys
                 && p.device_sampling
                 && p.cuda_graphs
+                && p.fp8_mma
         );
         assert_eq!(p.generic(), ["prefill-attention", "grouped-moe"]);
         assert_eq!(KernelPaths::parse("all").unwrap().generic(), KernelPaths::NAMES);
         assert!(KernelPaths::default().generic().is_empty());
         let e = KernelPaths::parse("grouped_moe").unwrap_err().to_string();
         assert!(e.contains("unknown kernel family \"grouped_moe\"") && e.contains("grouped-moe"), "{e}");
+    }
+
+    /// The device script bisects a failing test over every family (scripts/device/gpu_check.sh FAMILIES).
+    #[test]
+    fn the_device_script_knows_every_family() {
+        let script = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/device/gpu_check.sh"));
+        let start = script.find("FAMILIES=\"").expect("FAMILIES in gpu_check.sh") + "FAMILIES=\"".len();
+        let listed: Vec<&str> = script[start..].split('"').next().unwrap().split_whitespace().collect();
+        assert_eq!(listed, KernelPaths::NAMES);
     }
 }
