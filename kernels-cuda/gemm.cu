@@ -51,74 +51,22 @@ __device__ void gemm_tc(const float* x, int M, int K, const void* w, WeightScale
   tc_store(total, m0, n0, M, N, bias, y, ldy);
 }
 
-// FP8 activations times FP8 weights on FP8 tensor cores (mma m16n8k32 e4m3), one 64 x 64 tile of y per block as
-// gemm_tc: xq [M, K] E4M3 codes with scales xs [M, ceil(K / x_group)] (one per x_group columns of a row; x_group = K
-// for one per token), w [N, K] E4M3 with scales s; y = sum_k (xq * sx)(w * sw) (+ bias). The code products are summed
-// in f32 windows: a window ends where the x group or the weight's column block changes, and its sum is multiplied by
-// both scales. On sm_90a and sm_100a, mma.sync on E4M3 runs as F16 HMMA (FP8 tensor cores are wgmma's and tcgen05's;
-// tests/cuda_sass.rs): E4M3 values are exact in F16 and their products in f32, so the windows accumulate in f32
-// without the shortened accumulation of FP8 wgmma. Against gemm_tc on the same quantised values: half the MMAs (no
-// hi + lo split of x) and a quarter of the activation bytes. Needs K % 16 == 0 (16-byte row loads) and x_group and
-// the weight's column block multiples of TC_BK (or all of K); runtime/src/backend/cuda/linear.rs checks.
-#define FP8_LD 48  // bytes per staged row: 32 codes, 16 of padding (conflict-free fragment loads, 16-byte aligned rows)
-
+// FP8 activations times FP8 weights (fp8_tile in mma.cuh), one 64 x 64 tile of y per block as gemm_tc: xq [M, K]
+// E4M3 codes with scales xs [M, ceil(K / x_group)] (x_group = K for one per token), w [N, K] E4M3 with scales s;
+// y = sum_k (xq * sx)(w * sw) (+ bias). Needs K % 16 == 0 and x_group and the weight's column block multiples of
+// TC_BK (or all of K); runtime/src/backend/cuda/fp8_inputs.rs checks.
 extern "C" __global__ void __launch_bounds__(128)
     gemm_fp8_tc(const uint8_t* xq, const float* xs, int x_group, int M, int K, const uint8_t* w, WeightScale s,
                 const float* bias, int N, float* y, int ldy) {
-  __shared__ __align__(16) uint8_t xt[TC_BM * FP8_LD], wt[TC_BN * FP8_LD];
   int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
-  TcLane t;
-  int quad = (threadIdx.x % 4) * 4;  // first of the four k of this lane's fragment registers
   int x_groups = (K + x_group - 1) / x_group;
-  int w_block = s.col_blocks == 1 ? K : s.block_cols;
-  float total[2][4][4] = {}, window[2][4][4] = {};
-  int window_start = 0;
-  for (int k0 = 0; k0 < K; k0 += TC_BK) {
-    {  // 64 rows x 32 codes of x and of w: one 16-byte load of each per thread
-      int r = threadIdx.x / 2, c = (threadIdx.x % 2) * 16, k = k0 + c;
-      uint4 zero = make_uint4(0, 0, 0, 0);
-      uint4 xv = (m0 + r < M && k < K) ? *reinterpret_cast<const uint4*>(xq + (size_t)(m0 + r) * K + k) : zero;
-      uint4 wv = (n0 + r < N && k < K) ? *reinterpret_cast<const uint4*>(w + (size_t)(n0 + r) * K + k) : zero;
-      *reinterpret_cast<uint4*>(&xt[r * FP8_LD + c]) = xv;
-      *reinterpret_cast<uint4*>(&wt[r * FP8_LD + c]) = wv;
-    }
-    __syncthreads();
-    uint32_t a[2][4], b[4][2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const uint8_t* r0 = &xt[(t.wm + i * 16 + t.group) * FP8_LD + quad];
-      a[i][0] = *reinterpret_cast<const uint32_t*>(r0);
-      a[i][1] = *reinterpret_cast<const uint32_t*>(r0 + 8 * FP8_LD);
-      a[i][2] = *reinterpret_cast<const uint32_t*>(r0 + 16);
-      a[i][3] = *reinterpret_cast<const uint32_t*>(r0 + 8 * FP8_LD + 16);
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint8_t* n = &wt[(t.wn + j * 8 + t.group) * FP8_LD + quad];
-      b[j][0] = *reinterpret_cast<const uint32_t*>(n);
-      b[j][1] = *reinterpret_cast<const uint32_t*>(n + 16);
-    }
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) mma_e4m3_16832(window[i][j], a[i], b[j]);
-    __syncthreads();
-    int k_end = k0 + TC_BK;
-    if (k_end >= K || k_end % x_group == 0 || k_end % w_block == 0) {
-      int xg = window_start / x_group, wb = window_start / w_block;
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            int m = min(m0 + t.row(i, e >> 1), M - 1), n = min(n0 + t.col(j, e & 1), N - 1);
-            total[i][j][e] += window[i][j][e] * (xs[(size_t)m * x_groups + xg] * scale_at(s, n, wb));
-            window[i][j][e] = 0.0f;
-          }
-      window_start = k_end;
-    }
-  }
+  float total[2][4][4] = {};
+  fp8_tile(
+      K, x_group, fp8_weight_block(s, K),
+      [&](int r) { return m0 + r < M ? xq + (size_t)(m0 + r) * K : nullptr; },
+      [&](int r, int g) { return xs[(size_t)min(m0 + r, M - 1) * x_groups + g]; },
+      [&](int c) { return n0 + c < N ? w + (size_t)(n0 + c) * K : nullptr; },
+      [&](int c, int b) { return scale_at(s, min(n0 + c, N - 1), b); }, total);
   tc_store(total, m0, n0, M, N, bias, y, ldy);
 }
 

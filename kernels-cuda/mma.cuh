@@ -78,19 +78,34 @@ struct TcLane {
   __device__ int col(int j, int c) const { return wn + j * 8 + pair + c; }
 };
 
-// y[m0 + row, n0 + col] = total (TcLane's layout) + bias[col], for the rows and columns inside M x N.
-__device__ __forceinline__ void tc_store(const float total[2][4][4], int m0, int n0, int M, int N, const float* bias,
-                                         float* y, int ldy) {
+// f(i, j, e, row, col) for each accumulator total[i][j][e] of a tile, which sits at tile row `row`, column `col`.
+template <class F>
+__device__ __forceinline__ void tc_each(F f) {
   TcLane t;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int m = m0 + t.row(i, e >> 1), n = n0 + t.col(j, e & 1);
-        if (m < M && n < N) y[(size_t)m * ldy + n] = total[i][j][e] + (bias != nullptr ? bias[n] : 0.0f);
-      }
+      for (int e = 0; e < 4; ++e) f(i, j, e, t.row(i, e >> 1), t.col(j, e & 1));
+}
+
+// y[m0 + row, n0 + col] = total + bias[col], for the rows and columns inside M x N.
+__device__ __forceinline__ void tc_store(const float total[2][4][4], int m0, int n0, int M, int N, const float* bias,
+                                         float* y, int ldy) {
+  tc_each([&](int i, int j, int e, int r, int c) {
+    int m = m0 + r, n = n0 + c;
+    if (m < M && n < N) y[(size_t)m * ldy + n] = total[i][j][e] + (bias != nullptr ? bias[n] : 0.0f);
+  });
+}
+
+// total += part * factor(row, col) for each accumulator of a tile, then part = 0.
+template <class Factor>
+__device__ __forceinline__ void tc_add_scaled(float total[2][4][4], float part[2][4][4], Factor factor) {
+  tc_each([&](int i, int j, int e, int r, int c) {
+    total[i][j][e] += part[i][j][e] * factor(r, c);
+    part[i][j][e] = 0.0f;
+  });
 }
 
 // How the weight scales of a tile are applied: late (to partial sums, per column block of `block_cols`, or once at
@@ -157,16 +172,7 @@ __device__ __forceinline__ void tc_main(KRange range, TcSmem<SPLIT_W>& sm, Stage
     bool flush = k_end >= range.end || (scaling.late && scaling.col_blocks > 1 && k_end % scaling.block_cols == 0);
     if (flush) {
       int kb = scaling.late && scaling.col_blocks > 1 ? k0 / scaling.block_cols : 0;
-#pragma unroll
-      for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            float f = scaling.late ? w_late(t.col(j, e & 1), kb) : 1.0f;
-            total[i][j][e] += part[i][j][e] * f;
-            part[i][j][e] = 0.0f;
-          }
+      tc_add_scaled(total, part, [&](int, int c) { return scaling.late ? w_late(c, kb) : 1.0f; });
     }
   }
 }
@@ -246,3 +252,66 @@ __device__ __forceinline__ TcScaling tc_scaling(WeightScale s) {
 __device__ __forceinline__ float scale_at(WeightScale s, int n, int kb) {
   return s.scale[(size_t)(n / s.block_rows) * s.col_blocks + kb];
 }
+
+// FP8 activations times FP8 weights on tensor cores: total[i][j][e] (TcLane's layout) = sum over k < K of
+// (x code * x scale)(w code * w scale). x_row(r) is the first code of tile row r of x (nullptr outside the data),
+// x_scale(r, g) the scale of its g-th group of x_group columns; w_row(c) and w_scale(c, b) the same for the weight's
+// tile row c and its b-th block of w_block columns (K for one scale per row). The code products are summed in f32
+// windows that end where the x group or the weight block changes, each window's sum times both scales. On sm_90a and
+// sm_100a, mma.sync on E4M3 runs as F16 HMMA (FP8 tensor cores are wgmma's and tcgen05's; tests/cuda_sass.rs): E4M3
+// values are exact in F16 and their products in f32, so windows accumulate in f32 without the shortened accumulation
+// of FP8 wgmma. Against tc_tile_rows on the same quantised values: half the MMAs (no hi + lo split of x) and a quarter
+// of the activation bytes. Needs K % 16 == 0 (16-byte row loads) and x_group, w_block multiples of TC_BK or >= K.
+#define FP8_LD 48  // bytes per staged row: 32 codes, 16 of padding (conflict-free fragment loads, 16-byte aligned rows)
+
+template <class XRow, class XScale, class WRow, class WScale>
+__device__ __forceinline__ void fp8_tile(int K, int x_group, int w_block, XRow x_row, XScale x_scale, WRow w_row,
+                                         WScale w_scale, float total[2][4][4]) {
+  __shared__ __align__(16) uint8_t xt[TC_BM * FP8_LD], wt[TC_BN * FP8_LD];
+  TcLane t;
+  int quad = (threadIdx.x % 4) * 4;  // first of the four k of this lane's fragment registers
+  float window[2][4][4] = {};
+  int window_start = 0;
+  for (int k0 = 0; k0 < K; k0 += TC_BK) {
+    {  // 64 rows x 32 codes of x and of w: one 16-byte load of each per thread
+      int r = threadIdx.x / 2, c = (threadIdx.x % 2) * 16, k = k0 + c;
+      uint4 zero = make_uint4(0, 0, 0, 0);
+      const uint8_t* xr = x_row(r);
+      const uint8_t* wr = w_row(r);
+      *reinterpret_cast<uint4*>(&xt[r * FP8_LD + c]) =
+          (xr != nullptr && k < K) ? *reinterpret_cast<const uint4*>(xr + k) : zero;
+      *reinterpret_cast<uint4*>(&wt[r * FP8_LD + c]) =
+          (wr != nullptr && k < K) ? *reinterpret_cast<const uint4*>(wr + k) : zero;
+    }
+    __syncthreads();
+    uint32_t a[2][4], b[4][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const uint8_t* r0 = &xt[(t.wm + i * 16 + t.group) * FP8_LD + quad];
+      a[i][0] = *reinterpret_cast<const uint32_t*>(r0);
+      a[i][1] = *reinterpret_cast<const uint32_t*>(r0 + 8 * FP8_LD);
+      a[i][2] = *reinterpret_cast<const uint32_t*>(r0 + 16);
+      a[i][3] = *reinterpret_cast<const uint32_t*>(r0 + 8 * FP8_LD + 16);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint8_t* n = &wt[(t.wn + j * 8 + t.group) * FP8_LD + quad];
+      b[j][0] = *reinterpret_cast<const uint32_t*>(n);
+      b[j][1] = *reinterpret_cast<const uint32_t*>(n + 16);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) mma_e4m3_16832(window[i][j], a[i], b[j]);
+    __syncthreads();
+    int k_end = k0 + TC_BK;
+    if (k_end >= K || k_end % x_group == 0 || k_end % w_block == 0) {
+      int xg = window_start / x_group, wb = window_start / w_block;
+      tc_add_scaled(total, window, [&](int r, int c) { return x_scale(r, xg) * w_scale(c, wb); });
+      window_start = k_end;
+    }
+  }
+}
+
+// The columns per scale of an FP8 weight with scales `s` over K columns (K for one scale per row).
+__device__ __forceinline__ int fp8_weight_block(WeightScale s, int K) { return s.col_blocks == 1 ? K : s.block_cols; }

@@ -129,6 +129,49 @@ __device__ __forceinline__ bool expert_tile(const uint32_t* offsets, const uint3
   return true;
 }
 
+// token_of[r] = the token of the tile's sorted row r (-1 past its rows), for the whole block.
+__device__ __forceinline__ void tile_tokens(const uint32_t* perm, int top_k, ExpertTile tile, int* token_of) {
+  for (int r = threadIdx.x; r < TC_BM; r += TC_THREADS)
+    token_of[r] = r < tile.rows ? (int)(perm[tile.row0 + r] / top_k) : -1;
+  __syncthreads();
+}
+
+// The epilogue of a gate|up tile: columns 0..31 of `total` are gate rows n0.., 32..63 the same up rows; h[row0 + r,
+// n0 + c] = silu(gate) * up, through shared memory (a thread holds neither pair of a column whole).
+__device__ __forceinline__ void gate_up_store(const float total[2][4][4], ExpertTile tile, int n0, int inter,
+                                              float* h) {
+  constexpr int HALF = TC_BN / 2;
+  __shared__ float out[TC_BM][TC_BN + 1];
+  tc_each([&](int i, int j, int e, int r, int c) { out[r][c] = total[i][j][e]; });
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < TC_BM * HALF; idx += TC_THREADS) {
+    int r = idx / HALF, c = idx % HALF;
+    if (r < tile.rows && n0 + c < inter)
+      h[(size_t)(tile.row0 + r) * inter + n0 + c] = silu_mul(out[r][c], out[r][HALF + c]);
+  }
+}
+
+// The epilogue of a down tile: each sorted row's outputs go to its pair's row of y_pair.
+__device__ __forceinline__ void down_store(const float total[2][4][4], ExpertTile tile, const uint32_t* perm, int n0,
+                                           int hidden, float* y_pair) {
+  TcLane t;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      int r = t.row(i, hh);
+      if (r >= tile.rows) continue;
+      size_t p = perm[tile.row0 + r];
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          int n = n0 + t.col(j, c);
+          if (n < hidden) y_pair[p * hidden + n] = total[i][j][hh * 2 + c];
+        }
+    }
+}
+
 // h[row, i] = silu(gate_e(x_t)[i]) * up_e(x_t)[i] for the sorted rows of one tile (row = sorted position, t = the
 // pair's token). A tile's 64 columns are 32 gate rows and the same 32 up rows, so SwiGLU is applied in the epilogue.
 template <int DT>
@@ -138,12 +181,9 @@ __device__ void moe_gate_up_tc(const float* x, const uint32_t* perm, const uint3
   constexpr bool SPLIT_W = DT == DT_F32 || DT == DT_F16;
   constexpr int HALF = TC_BN / 2;
   __shared__ int token_of[TC_BM];
-  __shared__ float out[TC_BM][TC_BN + 1];
   ExpertTile tile;
   if (!expert_tile(offsets, tile_offsets, experts, tile)) return;
-  for (int r = threadIdx.x; r < TC_BM; r += TC_THREADS)
-    token_of[r] = r < tile.rows ? (int)(perm[tile.row0 + r] / top_k) : -1;
-  __syncthreads();
+  tile_tokens(perm, top_k, tile, token_of);
   int n0 = blockIdx.x * HALF;
   const void* wg = reinterpret_cast<const void*>(gate.weight[tile.expert]);
   const void* wu = reinterpret_cast<const void*>(up.weight[tile.expert]);
@@ -180,19 +220,7 @@ __device__ void moe_gate_up_tc(const float* x, const uint32_t* perm, const uint3
         },
         scaling, w_late, total);
   }
-  TcLane t;
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) out[t.row(i, e >> 1)][t.col(j, e & 1)] = total[i][j][e];
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < TC_BM * HALF; idx += TC_THREADS) {
-    int r = idx / HALF, c = idx % HALF;
-    if (r < tile.rows && n0 + c < inter)
-      h[(size_t)(tile.row0 + r) * inter + n0 + c] = silu_mul(out[r][c], out[r][HALF + c]);
-  }
+  gate_up_store(total, tile, n0, inter, h);
 }
 
 // y_pair[p, n] = down_e(h[row])[n] for the sorted rows of one tile, written at the row's pair p.
@@ -230,22 +258,54 @@ __device__ void moe_down_tc(const float* h, const uint32_t* perm, const uint32_t
         },
         scaling, w_late, total);
   }
-  TcLane t;
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      int r = t.row(i, hh);
-      if (r >= tile.rows) continue;
-      size_t p = perm[tile.row0 + r];
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int c = 0; c < 2; ++c) {
-          int n = n0 + t.col(j, c);
-          if (n < hidden) y_pair[p * hidden + n] = total[i][j][hh * 2 + c];
-        }
-    }
+  down_store(total, tile, perm, n0, hidden, y_pair);
+}
+
+// moe_gate_up_tc and moe_down_tc over FP8 activations and FP8 weights (fp8_tile in mma.cuh), same tiles, same
+// outputs: xq [tokens, hidden] E4M3 codes with scales xs [tokens, ceil(hidden / x_group)]; hq [pairs, inter] (sorted
+// rows, as moe_gate_up writes h) with scales hs [pairs, ceil(inter / h_group)]. Gate and up share one scale layout.
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    moe_gate_up_fp8x(const uint8_t* xq, const float* xs, int x_group, const uint32_t* perm, const uint32_t* offsets,
+                     const uint32_t* tile_offsets, int experts, int top_k, int hidden, int inter, ExpertTable gate,
+                     ExpertTable up, float* h) {
+  constexpr int HALF = TC_BN / 2;
+  __shared__ int token_of[TC_BM];
+  ExpertTile tile;
+  if (!expert_tile(offsets, tile_offsets, experts, tile)) return;
+  tile_tokens(perm, top_k, tile, token_of);
+  int n0 = blockIdx.x * HALF, groups = (hidden + x_group - 1) / x_group;
+  const uint8_t* wg = reinterpret_cast<const uint8_t*>(gate.weight[tile.expert]);
+  const uint8_t* wu = reinterpret_cast<const uint8_t*>(up.weight[tile.expert]);
+  WeightScale sg = expert_scale(gate, tile.expert), su = expert_scale(up, tile.expert);
+  float total[2][4][4] = {};
+  fp8_tile(
+      hidden, x_group, fp8_weight_block(sg, hidden),
+      [&](int r) { return token_of[r] >= 0 ? xq + (size_t)token_of[r] * hidden : nullptr; },
+      [&](int r, int g) { return token_of[r] >= 0 ? xs[(size_t)token_of[r] * groups + g] : 0.0f; },
+      [&](int c) {
+        int n = n0 + c % HALF;
+        return n < inter ? (c < HALF ? wg : wu) + (size_t)n * hidden : nullptr;
+      },
+      [&](int c, int b) { return scale_at(c < HALF ? sg : su, min(n0 + c % HALF, inter - 1), b); }, total);
+  gate_up_store(total, tile, n0, inter, h);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS)
+    moe_down_fp8x(const uint8_t* hq, const float* hs, int h_group, const uint32_t* perm, const uint32_t* offsets,
+                  const uint32_t* tile_offsets, int experts, int hidden, int inter, ExpertTable down, float* y_pair) {
+  ExpertTile tile;
+  if (!expert_tile(offsets, tile_offsets, experts, tile)) return;
+  int n0 = blockIdx.x * TC_BN, groups = (inter + h_group - 1) / h_group;
+  const uint8_t* w = reinterpret_cast<const uint8_t*>(down.weight[tile.expert]);
+  WeightScale s = expert_scale(down, tile.expert);
+  float total[2][4][4] = {};
+  fp8_tile(
+      inter, h_group, fp8_weight_block(s, inter),
+      [&](int r) { return r < tile.rows ? hq + (size_t)(tile.row0 + r) * inter : nullptr; },
+      [&](int r, int g) { return r < tile.rows ? hs[(size_t)(tile.row0 + r) * groups + g] : 0.0f; },
+      [&](int c) { return n0 + c < hidden ? w + (size_t)(n0 + c) * inter : nullptr; },
+      [&](int c, int b) { return scale_at(s, min(n0 + c, hidden - 1), b); }, total);
+  down_store(total, tile, perm, n0, hidden, y_pair);
 }
 
 // y[t, n] += sum over the token's slots, in slot order, of weights[p] * y_pair[p, n] (p = t * top_k + slot).

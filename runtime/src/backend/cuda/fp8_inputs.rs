@@ -44,6 +44,10 @@ impl<'a> LinearInput<'a> {
         self.quant
     }
 
+    pub fn rows(&self) -> usize {
+        self.x.rows
+    }
+
     /// f32 values: the input, or its quantised copy.
     pub fn values(&mut self, be: &CudaBackend) -> Result<&CudaTensor> {
         if self.quant == InputQuant::Exact {

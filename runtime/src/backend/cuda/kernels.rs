@@ -73,6 +73,9 @@ pub struct Kernels<F = CudaFunction> {
     /// Grouped tensor-core expert GEMMs over the sorted pairs (gate|up with SwiGLU, down), then the weighted sum.
     pub moe_gate_up_tc: [F; 4],
     pub moe_down_tc: [F; 4],
+    /// The grouped expert GEMMs over FP8 activation codes and FP8 weights (`--fp8-activations checkpoint`).
+    pub moe_gate_up_fp8x: F,
+    pub moe_down_fp8x: F,
     pub moe_combine: F,
     /// Greedy tokens: one block per row of logits.
     pub argmax_rows: F,
@@ -148,6 +151,8 @@ impl<F> Kernels<F> {
             moe_align: f("moe", "moe_align")?,
             moe_gate_up_tc: per_dtype("moe", "moe_gate_up_tc")?,
             moe_down_tc: per_dtype("moe", "moe_down_tc")?,
+            moe_gate_up_fp8x: f("moe", "moe_gate_up_fp8x")?,
+            moe_down_fp8x: f("moe", "moe_down_fp8x")?,
             moe_combine: f("moe", "moe_combine")?,
             argmax_rows: f("sampling", "argmax_rows")?,
             sample_rows: f("sampling", "sample_rows")?,

@@ -468,11 +468,10 @@ impl CudaExperts {
         {
             // Every expert's gate|up takes its token's row: quantised once for all of them.
             let mut input = LinearInput::new(x, t.gate_up_input);
-            let x = input.values(be)?;
             if pairs <= FUSED_MAX_PAIRS {
-                self.fused_experts(be, t, x, &ids, &weights, &mut y)?;
+                self.fused_experts(be, t, input.values(be)?, &ids, &weights, &mut y)?;
             } else {
-                self.grouped_experts(be, t, x, &ids, &weights, &mut y)?;
+                self.grouped_experts(be, t, &mut input, &ids, &weights, &mut y)?;
             }
             return Ok(y);
         }
@@ -504,12 +503,12 @@ impl CudaExperts {
         &self,
         be: &CudaBackend,
         t: &ExpertTables,
-        x: &CudaTensor,
+        input: &mut LinearInput,
         ids: &CudaSlice<u32>,
         weights: &CudaSlice<f32>,
         y: &mut CudaTensor,
     ) -> Result<()> {
-        let (tokens, top_k, experts) = (x.rows, self.routing.top_k, self.experts.len());
+        let (tokens, top_k, experts) = (input.rows(), self.routing.top_k, self.experts.len());
         let pairs = tokens * top_k;
         let perm = be.stream.alloc_zeros::<u32>(pairs).map_err(device_err)?;
         let offsets = be.stream.alloc_zeros::<u32>(experts + 1).map_err(device_err)?;
@@ -531,21 +530,49 @@ impl CudaExperts {
         };
         let (k, h, i) = (top_k as i32, t.hidden as i32, t.inter as i32);
         let hbuf = be.alloc(pairs, t.inter)?;
-        let (xp, hp) = (be.ptr(&x.buf), be.ptr(&hbuf.buf));
+        let hp = be.ptr(&hbuf.buf);
         let (gate, up, down) = (t.arg(be, 0), t.arg(be, 1), t.arg(be, 2));
-        let mut b = be.stream.launch_builder(&be.k.moe_gate_up_tc[t.dtype as usize]);
-        b.arg(&xp).arg(&pp).arg(&op).arg(&tp).arg(&en).arg(&k).arg(&h).arg(&i).arg(&gate).arg(&up).arg(&hp);
-        // SAFETY: matches moe_gate_up_tc_*; a tile's 64 columns are 32 gate and 32 up rows, hence 2 * inter.
-        unsafe { b.launch(tile(2 * t.inter)) }.map_err(device_err)?;
-        if t.down_input != InputQuant::Exact {
-            quantize_rows(be, &hbuf, t.down_input, &hbuf)?;
+        // FP8 weights and activations: the tensor-core tiles take the codes (both projections or neither).
+        let fp8 = (be.paths.fp8_mma && t.dtype == WeightDtype::Fp8)
+            .then(|| {
+                let gate_up = fp8_mma_group(t.gate_up_input, t.hidden, t.tables[0].block[1])?;
+                Some((gate_up, fp8_mma_group(t.down_input, t.inter, t.tables[2].block[1])?))
+            })
+            .flatten();
+        if let Some((x_group, _)) = fp8 {
+            let codes = input.codes(be, x_group)?;
+            let (cp, sp, g) = (be.ptr(&codes.codes), be.ptr(&codes.scales), x_group as i32);
+            let mut b = be.stream.launch_builder(&be.k.moe_gate_up_fp8x);
+            b.arg(&cp).arg(&sp).arg(&g).arg(&pp).arg(&op).arg(&tp).arg(&en).arg(&k).arg(&h).arg(&i);
+            b.arg(&gate).arg(&up).arg(&hp);
+            // SAFETY: matches moe_gate_up_fp8x (conditions checked by fp8_mma_group); 32 gate and 32 up rows a tile.
+            unsafe { b.launch(tile(2 * t.inter)) }.map_err(device_err)?;
+        } else {
+            let xp = be.ptr(&input.values(be)?.buf);
+            let mut b = be.stream.launch_builder(&be.k.moe_gate_up_tc[t.dtype as usize]);
+            b.arg(&xp).arg(&pp).arg(&op).arg(&tp).arg(&en).arg(&k).arg(&h).arg(&i).arg(&gate).arg(&up).arg(&hp);
+            // SAFETY: matches moe_gate_up_tc_*; a tile's 64 columns are 32 gate and 32 up rows, hence 2 * inter.
+            unsafe { b.launch(tile(2 * t.inter)) }.map_err(device_err)?;
         }
         let y_pair = be.alloc(pairs, t.hidden)?;
         let yp = be.ptr(&y_pair.buf);
-        let mut b = be.stream.launch_builder(&be.k.moe_down_tc[t.dtype as usize]);
-        b.arg(&hp).arg(&pp).arg(&op).arg(&tp).arg(&en).arg(&h).arg(&i).arg(&down).arg(&yp);
-        // SAFETY: matches moe_down_tc_*; y_pair is [pairs, hidden].
-        unsafe { b.launch(tile(t.hidden)) }.map_err(device_err)?;
+        if let Some((_, h_group)) = fp8 {
+            let mut h_input = LinearInput::new(&hbuf, t.down_input);
+            let codes = h_input.codes(be, h_group)?;
+            let (cp, sp, g) = (be.ptr(&codes.codes), be.ptr(&codes.scales), h_group as i32);
+            let mut b = be.stream.launch_builder(&be.k.moe_down_fp8x);
+            b.arg(&cp).arg(&sp).arg(&g).arg(&pp).arg(&op).arg(&tp).arg(&en).arg(&h).arg(&i).arg(&down).arg(&yp);
+            // SAFETY: matches moe_down_fp8x; the codes are hbuf's rows (sorted order), y_pair is [pairs, hidden].
+            unsafe { b.launch(tile(t.hidden)) }.map_err(device_err)?;
+        } else {
+            if t.down_input != InputQuant::Exact {
+                quantize_rows(be, &hbuf, t.down_input, &hbuf)?;
+            }
+            let mut b = be.stream.launch_builder(&be.k.moe_down_tc[t.dtype as usize]);
+            b.arg(&hp).arg(&pp).arg(&op).arg(&tp).arg(&en).arg(&h).arg(&i).arg(&down).arg(&yp);
+            // SAFETY: matches moe_down_tc_*; y_pair is [pairs, hidden].
+            unsafe { b.launch(tile(t.hidden)) }.map_err(device_err)?;
+        }
         let (wp, outp, tn) = (be.ptr(weights), be.ptr(&y.buf), tokens as i32);
         let mut b = be.stream.launch_builder(&be.k.moe_combine);
         b.arg(&yp).arg(&wp).arg(&tn).arg(&k).arg(&h).arg(&outp);
