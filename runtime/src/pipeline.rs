@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::{
     backend::{Backend, ForwardBatch, KvDtype, SeqSpan},
-    config::{Fp8Activations, ModelConfig},
+    config::{Fp8Activations, InputQuant, ModelConfig},
     engine::sampler::{sample, Rng, SamplingParams},
     model::{mrope_positions, Grid, MediaGrid, MediaKind, TextModel, VisionTower},
     text::Tokenizer,
@@ -130,6 +130,17 @@ impl<B: Backend> Pipeline<B> {
                 store
             }
         };
+        if options.fp8_activations == Fp8Activations::Checkpoint {
+            progress(&match config.quantization.as_ref().map(|q| q.input_quant(Fp8Activations::Checkpoint)) {
+                None => "--fp8-activations checkpoint: no quantization_config, nothing to quantise".to_string(),
+                Some(Ok(InputQuant::Fp8 { group: None })) => "FP8 projections quantise their inputs per token".into(),
+                Some(Ok(InputQuant::Fp8 { group: Some(cols) })) => {
+                    format!("FP8 projections quantise their inputs per token and {cols} columns")
+                }
+                Some(Ok(InputQuant::Exact)) => "the checkpoint declares weight-only FP8: inputs stay exact".into(),
+                Some(Err(e)) => return Err(e),
+            });
+        }
         let model = TextModel::load(&backend, &config, &store, options.fp8_activations, progress)?;
         let vision = VisionTower::load(&backend, &config.vision, &store)?;
         progress("loaded vision tower");
