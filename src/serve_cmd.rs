@@ -127,7 +127,8 @@ pub struct ServeArgs {
     attention_backend: Option<String>,
     #[arg(long)]
     mm_attention_backend: Option<String>,
-    /// Decode steps of up to this many sequences run as CUDA graphs recorded at their first step (default 256).
+    /// Decode steps of up to this many sequences run as CUDA graphs (default 256), recorded at start-up up to
+    /// `--max-running-requests`.
     #[arg(long)]
     cuda_graph_max_bs: Option<usize>,
     /// Run every decode step kernel by kernel (same as GLMV_CUDA_GENERIC=cuda-graphs).

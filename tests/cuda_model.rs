@@ -308,7 +308,11 @@ fn engine_tokens<B: Backend>(backend: B, dir: &std::path::Path) -> Vec<Vec<u32>>
         mm_cache_bytes: 1 << 20,
         kv_dtype: KvDtype::Bf16,
     };
+    let on_cuda = pipeline.backend.name() != CpuBackend.name();
     let mut engine = Engine::new(pipeline, config).unwrap();
+    // The CUDA backend's decode steps of up to 8 rows (max_running) are recorded before the first request.
+    let ahead: &[usize] = if on_cuda { &[1, 2, 4, 8] } else { &[] };
+    assert_eq!(engine.decode_steps_ahead, ahead);
     let mut rng = safetensors_writer::Rng::new(5);
     let ids: Vec<RequestId> = (0..12u64)
         .map(|i| {

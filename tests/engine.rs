@@ -350,3 +350,27 @@ fn stop_strings_logprobs_and_pool_sizing() {
     let per_token = c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * 2;
     assert_eq!(blocks, (1 << 20) / (per_token * 16));
 }
+
+/// Decode steps run ahead before serving (how the CUDA backend records its graphs at start-up; the CPU backend
+/// names none) change nothing: the same requests give the same tokens, nothing stays allocated, and once requests
+/// have run it is refused.
+#[test]
+fn decode_steps_run_ahead_change_nothing() {
+    for fixture in ["moe_bf16", "dense_fp8_block"] {
+        let run_requests = |e: &mut Engine<CpuBackend>| {
+            for k in 0..3 {
+                let mut r = Request::new(Prompt::text(vec![5 + k, 17, 9, 33]), 6);
+                r.sampling = SamplingParams { temperature: 0.0, ..Default::default() };
+                e.submit(r).unwrap();
+            }
+            run(e)
+        };
+        let mut plain = engine(fixture, config());
+        let mut ahead = engine(fixture, config());
+        ahead.run_decode_steps(&[1, 2, 4, 8]).unwrap();
+        assert_eq!(ahead.stats().used_blocks, 0, "{fixture}");
+        assert_eq!(run_requests(&mut ahead), run_requests(&mut plain), "{fixture}");
+        // Block 0 may now hold a cached prefix.
+        assert!(ahead.run_decode_steps(&[1]).is_err(), "{fixture}: run ahead after requests");
+    }
+}

@@ -96,7 +96,17 @@ where
         kv_dtype: cfg.kv_dtype,
     };
     let backend_name = pipeline.backend.name().to_string();
+    let start = std::time::Instant::now();
     let engine = Engine::new(pipeline, engine_config)?;
+    if let Some(largest) = engine.decode_steps_ahead.last() {
+        log(
+            Level::Info,
+            &format!(
+                "decode steps of 1 to {largest} sequences recorded ahead (CUDA graphs) in {:.2}s",
+                start.elapsed().as_secs_f64()
+            ),
+        );
+    }
     let addr = resolve(&cfg.host, cfg.port)?;
     let mut server = Server::bind(ServerConfig {
         addr,

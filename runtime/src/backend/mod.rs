@@ -249,6 +249,13 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Tensor> {
         layers(hidden, batch, cache)
     }
+
+    /// Row counts of the decode steps whose recordings `run_decoder` makes at their first run, smallest first: the
+    /// engine runs one step of each before serving (as SGLang captures its CUDA graphs at start-up), so that no
+    /// request pays for a recording. Default: none.
+    fn decode_rows_to_record(&self) -> Vec<usize> {
+        Vec::new()
+    }
     /// Full (non-causal) attention within each segment of consecutive rows, no KV cache: the vision tower's
     /// attention, with the rotary embedding at each row's `positions`.
     fn segment_attention(

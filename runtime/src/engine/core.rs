@@ -212,6 +212,8 @@ pub struct Engine<B: Backend> {
     think: Option<ThinkTokens>,
     next_request: RequestId,
     pub config: EngineConfig,
+    /// The decode step sizes run ahead at start-up (the backend's recordings).
+    pub decode_steps_ahead: Vec<usize>,
 }
 
 /// Sequence ids pack the request id and the completion index.
@@ -242,7 +244,52 @@ impl<B: Backend> Engine<B> {
             order: VecDeque::new(),
             hits: 0,
         };
-        Ok(Engine { pipeline, cache, scheduler, seqs: HashMap::new(), mm_cache, think, next_request: 0, config })
+        let mut sizes = pipeline.backend.decode_rows_to_record();
+        // Steps of more sequences than may run at once never come.
+        if let Some(last) = sizes.iter().position(|&rows| rows >= config.max_running) {
+            sizes.truncate(last + 1);
+        }
+        let mut engine = Engine {
+            pipeline,
+            cache,
+            scheduler,
+            seqs: HashMap::new(),
+            mm_cache,
+            think,
+            next_request: 0,
+            config,
+            decode_steps_ahead: Vec::new(),
+        };
+        engine.run_decode_steps(&sizes)?;
+        engine.decode_steps_ahead = sizes;
+        Ok(engine)
+    }
+
+    /// One decode step of each of `sizes` rows, outputs discarded: how a backend that records decode steps at their
+    /// first run (CUDA graphs) records them before serving; [`Engine::new`] runs the sizes the backend names. Every
+    /// row is a one-token sequence at position 0 in KV block 0 (its table padded with block 0 to the longest a
+    /// sequence can have), which nothing holds before the first request and whose contents are overwritten before
+    /// they are read by whoever gets it.
+    pub fn run_decode_steps(&mut self, sizes: &[usize]) -> Result<()> {
+        // Later, block 0 may hold a request's keys or a cached prefix.
+        if self.next_request > 0 {
+            return Err(Error::InvalidInput("decode steps are run ahead only before the first request".into()));
+        }
+        let p = &self.pipeline;
+        // Block tables as long as a sequence's can get, so that the buffers a recording reads them from never have
+        // to grow (which would drop the recording).
+        let table = vec![0; self.config.max_context.div_ceil(self.config.block_size).max(1)];
+        for &rows in sizes {
+            let batch = ForwardBatch {
+                seqs: (0..rows)
+                    .map(|i| SeqSpan { rows: i..i + 1, context_len: 0, block_table: table.clone() })
+                    .collect(),
+                positions: vec![[0; 3]; rows],
+            };
+            let hidden = p.model.embed(&p.backend, &vec![0; rows])?;
+            p.model.forward(&p.backend, hidden, &batch, &mut self.cache)?;
+        }
+        Ok(())
     }
 
     /// Queues a request; its events come out of [`Engine::step`]. Rejects what can never run, with the numbers.

@@ -1,7 +1,8 @@
 //! Decode steps as CUDA graphs. A decode step of GLM-4.5V is about 700 kernel launches of a few microseconds of
 //! work each, so launching them one by one costs as much as the step's weight reads; a graph launches them all at
 //! once. The first step of each shape (bucket of rows, key splits) is recorded by stream capture, later steps copy
-//! their inputs into the bucket's fixed buffers and replay it.
+//! their inputs into the bucket's fixed buffers and replay it. The engine runs a short-context step of each bucket
+//! before serving (`Backend::decode_rows_to_record`), so requests find those recorded.
 //!
 //! A recording holds device pointers: the weights, the KV cache and the bucket's buffers. The buckets live in the
 //! KV cache (one cache serves one model), so a recording is never replayed over another cache. Anything in the

@@ -569,6 +569,10 @@ impl Backend for CudaBackend {
         self.run_graph_step(hidden, batch, cache, layers)
     }
 
+    fn decode_rows_to_record(&self) -> Vec<usize> {
+        batch::GRAPH_BUCKETS.into_iter().filter(|&rows| rows <= self.graph_max_rows()).collect()
+    }
+
     fn segment_attention(
         &self,
         qkv: &CudaTensor,
