@@ -8,7 +8,7 @@ use glmv_runtime::{
         cuda::{CudaBackend, CudaBatch, CudaExperts, CudaKvCache, CudaLinear, CudaMlp, CudaTensor},
         AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope, Routing, SeqSpan,
     },
-    config::RopeLayout,
+    config::{InputQuant, RopeLayout},
     engine::sampler::Draw,
     weights::WeightStore,
 };
@@ -115,23 +115,33 @@ fn main() {
     t.push(("norm".into(), "BF16", vec![h], rng.bf16(h, 2.0)));
     let path = std::env::temp_dir().join("glmv-decode-bench.safetensors");
     let store = write(&path, t);
-    let lin = |name: &str, o: usize, i: usize, bias: bool| store.linear(name, o, i, bias, None).unwrap();
-    let mlp = |name: &str, i: usize| MlpSource {
-        gate_up: vec![lin(&format!("{name}.gate_proj"), i, h, false), lin(&format!("{name}.up_proj"), i, h, false)],
-        down: lin(&format!("{name}.down_proj"), h, i, false),
-    };
-    let qkv = be.linear(&[lin("q", heads * d, h, true), lin("k", kv * d, h, true), lin("v", kv * d, h, true)]).unwrap();
-    let o_proj = be.linear(&[lin("o", h, heads * d, false)]).unwrap();
-    let dense = be.mlp(&mlp("dense", inter)).unwrap();
-    let moe = be
-        .experts(&ExpertsSource {
+    // The layer's projections, their inputs exact or quantised to FP8 per token (`--fp8-activations checkpoint`).
+    let layer = |input: InputQuant| {
+        let lin = |name: &str, o: usize, i: usize, bias: bool| {
+            store.linear(name, o, i, bias, None).unwrap().with_input(input)
+        };
+        let mlp = |name: &str, i: usize| MlpSource {
+            gate_up: vec![lin(&format!("{name}.gate_proj"), i, h, false), lin(&format!("{name}.up_proj"), i, h, false)],
+            down: lin(&format!("{name}.down_proj"), h, i, false),
+        };
+        let qkv = be.linear(&[lin("q", heads * d, h, true), lin("k", kv * d, h, true), lin("v", kv * d, h, true)]);
+        let moe = be.experts(&ExpertsSource {
             router: store.get("router").unwrap(),
             correction_bias: Some(store.get("bias").unwrap()),
             experts: (0..experts).map(|e| mlp(&format!("e{e}"), moe_inter)).collect(),
             shared: Some(mlp("shared", moe_inter)),
             routing: Routing { top_k: 8, n_group: 1, topk_group: 1, norm_topk_prob: true, routed_scaling_factor: 1.0 },
-        })
-        .unwrap();
+        });
+        (
+            qkv.unwrap(),
+            be.linear(&[lin("o", h, heads * d, false)]).unwrap(),
+            be.mlp(&mlp("dense", inter)).unwrap(),
+            moe.unwrap(),
+        )
+    };
+    let (qkv, o_proj, dense, moe) = layer(InputQuant::Exact);
+    let quantized = layer(InputQuant::Fp8 { group: None });
+    let lin = |name: &str, o: usize, i: usize, bias: bool| store.linear(name, o, i, bias, None).unwrap();
     let lm_head = be.linear(&[lin("lm_head", vocab, h, false)]).unwrap();
     let norm = be.vector(&store.get("norm").unwrap()).unwrap();
     let _ = std::fs::remove_file(&path);
@@ -211,7 +221,10 @@ fn main() {
     }
     let layers = DecodeLayers { qkv: &qkv, o_proj: &o_proj, dense: &dense, moe: &moe, norm: &norm, shape, rope: &rope };
     whole_step(&mut be, &layers, &lm_head);
-    prefill_chunk(&be, &qkv, &o_proj, &dense, &moe, &shape, &rope);
+    prefill_chunk(&be, &layers, "exact activations");
+    let (qkv, o_proj, dense, moe) = &quantized;
+    let layers = DecodeLayers { qkv, o_proj, dense, moe, norm: &norm, shape, rope: &rope };
+    prefill_chunk(&be, &layers, "FP8 activations per token, --fp8-activations checkpoint");
 }
 
 /// One GLM-4.5V layer's weights, run 46 times as the model's layers (layer 0 dense, then MoE): every step reads as
@@ -294,17 +307,11 @@ fn whole_step(be: &mut CudaBackend, layers: &DecodeLayers, lm_head: &CudaLinear)
 }
 
 /// One 1024-token prefill chunk of the same layer, operation by operation (tensor-core GEMMs, the grouped expert
-/// GEMMs, tensor-core attention), with the FLOP rate each achieves: where a 1K prompt's TTFT goes.
-#[allow(clippy::too_many_arguments)]
-fn prefill_chunk(
-    be: &CudaBackend,
-    qkv: &glmv_runtime::backend::cuda::CudaLinear,
-    o_proj: &glmv_runtime::backend::cuda::CudaLinear,
-    dense: &glmv_runtime::backend::cuda::CudaMlp,
-    moe: &glmv_runtime::backend::cuda::CudaExperts,
-    shape: &AttentionShape,
-    rope: &Rope,
-) {
+/// GEMMs, tensor-core attention), with the FLOP rate each achieves: where a 1K prompt's TTFT goes. `label` says how
+/// the layer's projections take their inputs.
+fn prefill_chunk(be: &CudaBackend, layer: &DecodeLayers, label: &str) {
+    let (qkv, o_proj, dense, moe, shape, rope) =
+        (layer.qkv, layer.o_proj, layer.dense, layer.moe, &layer.shape, layer.rope);
     let (t, h, heads, kv, d, inter, moe_inter) = (1024usize, 4096usize, 96usize, 8usize, 128usize, 10944, 1408);
     let iters = 5;
     let x = be.upload(t, h, &(0..t * h).map(|i| ((i % 61) as f32 - 30.0) * 1e-2).collect::<Vec<_>>()).unwrap();
@@ -349,7 +356,7 @@ fn prefill_chunk(
             9.0 * 3.0 * gemm(moe_inter, h),
         ),
     ];
-    println!("\n| operation (prefill chunk of {t} tokens) | ms | TFLOP/s |");
+    println!("\n| operation (prefill chunk of {t} tokens, {label}) | ms | TFLOP/s |");
     println!("|---|---:|---:|");
     for (op, ms, flops) in rows {
         println!("| {op} | {ms:.2} | {:.1} |", flops / (ms * 1e-3) / 1e12);
