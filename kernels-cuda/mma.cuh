@@ -9,6 +9,8 @@
 // - scales are not folded into the weights: per-row scales multiply the accumulator at the end, block scales each
 //   block's partial sum (when the block is a multiple of the K step; otherwise they are applied while staging).
 // A row of shared memory is 32 + 8 BF16 so that 32-bit fragment loads stay aligned and rows start in different banks.
+// Inputs already quantised to FP8 (`--fp8-activations checkpoint`) take fp8_tile instead (end of this file): E4M3
+// codes of x and w, mma.sync m16n8k32, the same tile and accumulator layout.
 #pragma once
 #include "common.cuh"
 
