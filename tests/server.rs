@@ -437,3 +437,20 @@ fn dummy_load_format_serves_a_directory_without_weights() {
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `glmv serve --fp8-activations checkpoint` on an FP8 checkpoint loads with the checkpoint's activation scheme
+/// (block FP8: per token and 128 columns) and serves with it.
+#[test]
+fn serves_with_checkpoint_fp8_activations() {
+    let model = fixtures_root().join("moe_fp8_block/checkpoint");
+    let server = ServerProcess::start(Some(&model), &["--fp8-activations", "checkpoint"]);
+    assert!(server.logged("FP8 projections quantise their inputs per token and 128 columns"), "{:?}", server.log);
+    let r = post_json(
+        &server.addr,
+        "/v1/chat/completions",
+        &json!({"model": "default", "messages": user("hello"),
+        "temperature": 0, "max_tokens": 4, "ignore_eos": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 4, "{}", r.body);
+}
