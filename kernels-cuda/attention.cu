@@ -64,7 +64,7 @@ extern "C" __global__ void rope_qkv(const float* qkv, const uint32_t* positions,
       float absmax = 0.0f;
       for (int c = lane; c < d; c += 32) absmax = fmaxf(absmax, fabsf(x[c]));
       absmax = warp_max(absmax);
-      float scale = absmax > 0.0f ? absmax / 448.0f : 1.0f;
+      float scale = fp8_scale(absmax);
       if (lane == 0) (is_v ? v_scale : k_scale)[slot * kv_heads + h] = scale;
       for (int c = lane; c < d; c += 32) static_cast<__nv_fp8_e4m3*>(cache)[base + c] = __nv_fp8_e4m3(x[c] / scale);
     }

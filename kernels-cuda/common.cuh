@@ -71,6 +71,10 @@ __device__ __forceinline__ float block_sum(float v) {
   return block_reduce(v, 0.0f, [](float a, float b) { return a + b; });
 }
 
+// The scale FP8 E4M3 values of absmax `absmax` are stored on (runtime/src/backend/mod.rs fp8_scale): absmax / 448,
+// or 1 for all zeros. Shared by the FP8 KV cache and the dynamic FP8 activations.
+__device__ __forceinline__ float fp8_scale(float absmax) { return absmax > 0.0f ? absmax / 448.0f : 1.0f; }
+
 // KV cache element types, shared with runtime/src/backend/cuda (KvDtype). FP8 values carry one f32 scale per
 // (slot, kv head): see runtime/src/backend/mod.rs `KvDtype` for the rounding rules every backend follows.
 #define KV_F32 0

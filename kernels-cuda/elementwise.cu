@@ -90,7 +90,7 @@ extern "C" __global__ void merge_windows(const float* x, int window, int cols, f
 }
 
 // Dynamic FP8 activations, as runtime/src/backend/mod.rs quantize_rows: each group of `group` columns of each row
-// rounded to FP8 E4M3 (nearest even, saturating) on a scale of the group's absmax / 448 (1 for an all-zero group).
+// rounded to FP8 E4M3 (nearest even, saturating) on a scale of the group's absmax (fp8_scale in common.cuh).
 // Block (row, group); put(i, code, scale) takes the code of element i of x. Every value is read for the absmax before
 // any is put, so a kernel may write over x. Returns the group's scale (to every thread).
 template <class Put>
@@ -100,8 +100,7 @@ __device__ __forceinline__ float quantize_group(const float* x, int cols, int gr
   const float* xr = x + row * cols;
   float m = 0.0f;
   for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) m = fmaxf(m, fabsf(xr[c]));
-  float absmax = block_max(m);
-  float scale = absmax > 0.0f ? absmax / 448.0f : 1.0f;
+  float scale = fp8_scale(block_max(m));
   for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) put(row * cols + c, __nv_fp8_e4m3(xr[c] / scale), scale);
   return scale;
 }

@@ -13,7 +13,7 @@ use glmv_runtime::{
     },
     config::{
         known::{KnownModel, Precision},
-        Fp8Activations, ModelConfig,
+        Fp8Activations, InputQuant, ModelConfig,
     },
     engine::{sampler::SamplingParams, Engine, EngineConfig, EventKind, Request, RequestId},
     model::{text_batch, Grid, MediaKind, TextModel},
@@ -152,7 +152,7 @@ fn chunked_logits<B: Backend>(
     ids: &[u32],
     prompt: usize,
 ) -> Vec<f32> {
-    let model = TextModel::load(&backend, config, store, Fp8Activations::Exact, &mut |_| {}).unwrap();
+    let model = TextModel::load(&backend, config, store, InputQuant::Exact, &mut |_| {}).unwrap();
     let block = 16;
     let blocks = ids.len().div_ceil(block);
     let mut cache = backend.kv_cache(&model.kv_cache_spec(blocks, block, KvDtype::Bf16)).unwrap();

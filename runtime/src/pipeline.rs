@@ -130,18 +130,21 @@ impl<B: Backend> Pipeline<B> {
                 store
             }
         };
+        let input = match &config.quantization {
+            Some(q) => q.input_quant(options.fp8_activations)?,
+            None => InputQuant::Exact,
+        };
         if options.fp8_activations == Fp8Activations::Checkpoint {
-            progress(&match config.quantization.as_ref().map(|q| q.input_quant(Fp8Activations::Checkpoint)) {
-                None => "--fp8-activations checkpoint: no quantization_config, nothing to quantise".to_string(),
-                Some(Ok(InputQuant::Fp8 { group: None })) => "FP8 projections quantise their inputs per token".into(),
-                Some(Ok(InputQuant::Fp8 { group: Some(cols) })) => {
+            progress(&match (&config.quantization, input) {
+                (None, _) => "--fp8-activations checkpoint: no quantization_config, nothing to quantise".to_string(),
+                (Some(_), InputQuant::Fp8 { group: None }) => "FP8 projections quantise their inputs per token".into(),
+                (Some(_), InputQuant::Fp8 { group: Some(cols) }) => {
                     format!("FP8 projections quantise their inputs per token and {cols} columns")
                 }
-                Some(Ok(InputQuant::Exact)) => "the checkpoint declares weight-only FP8: inputs stay exact".into(),
-                Some(Err(e)) => return Err(e),
+                (Some(_), InputQuant::Exact) => "the checkpoint declares weight-only FP8: inputs stay exact".into(),
             });
         }
-        let model = TextModel::load(&backend, &config, &store, options.fp8_activations, progress)?;
+        let model = TextModel::load(&backend, &config, &store, input, progress)?;
         let vision = VisionTower::load(&backend, &config.vision, &store)?;
         progress("loaded vision tower");
         Ok(Pipeline { kv_dtype: KvDtype::F32, config, tokenizer, model, vision, backend })

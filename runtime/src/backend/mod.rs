@@ -119,8 +119,7 @@ pub fn fp8_round_trip(values: &mut [f32]) {
 /// `cols` values, or each group of columns within it, rounded to FP8 on a scale of its own. Every backend computes
 /// exactly this, so its GEMMs see the same inputs.
 pub fn quantize_rows(data: &mut [f32], cols: usize, quant: InputQuant) {
-    let InputQuant::Fp8 { group } = quant else { return };
-    let group = group.unwrap_or(cols).clamp(1, cols.max(1));
+    let Some(group) = quant.group_cols(cols) else { return };
     data.par_chunks_mut(cols.max(1)).for_each(|row| row.chunks_mut(group).for_each(fp8_round_trip));
 }
 

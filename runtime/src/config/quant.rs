@@ -54,6 +54,17 @@ pub enum InputQuant {
     Fp8 { group: Option<usize> },
 }
 
+impl InputQuant {
+    /// The columns per scale over rows of `cols` columns (the whole row for one scale per token, never wider), or
+    /// `None` for exact inputs.
+    pub fn group_cols(self, cols: usize) -> Option<usize> {
+        match self {
+            InputQuant::Exact => None,
+            InputQuant::Fp8 { group } => Some(group.unwrap_or(cols).clamp(1, cols.max(1))),
+        }
+    }
+}
+
 impl QuantConfig {
     pub(crate) fn parse(q: Obj) -> Result<Self> {
         let method = q.opt_str("quant_method")?.unwrap_or("");

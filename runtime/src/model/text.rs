@@ -5,7 +5,7 @@
 //! and one after the MLP: `h = x + norm_a(attn(norm1(x))); out = h + norm_m(mlp(norm2(h)))`.
 use crate::{
     backend::{AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope, Routing},
-    config::{Family, Fp8Activations, ModelConfig, TextConfig},
+    config::{Family, InputQuant, ModelConfig, TextConfig},
     weights::WeightStore,
     Error, Result,
 };
@@ -49,17 +49,16 @@ fn text_prefix(store: &WeightStore) -> &'static str {
 
 impl<B: Backend> TextModel<B> {
     /// Builds the text decoder from a checkpoint. Layers beyond `num_hidden_layers` (MTP) are never read. The FP8
-    /// projections quantise their inputs as `activations` says.
+    /// projections treat their inputs as `input` says (`QuantConfig::input_quant`).
     pub fn load(
         backend: &B,
         config: &ModelConfig,
         store: &WeightStore,
-        activations: Fp8Activations,
+        input: InputQuant,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Self> {
         let c = &config.text;
         let block = config.quantization.as_ref().and_then(|q| q.block());
-        let input = config.quantization.as_ref().map(|q| q.input_quant(activations)).transpose()?.unwrap_or_default();
         let p = text_prefix(store);
         let (h, d) = (c.hidden_size, c.head_dim);
         let embed_name = format!("{p}.embed_tokens");

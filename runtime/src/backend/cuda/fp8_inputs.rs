@@ -13,8 +13,7 @@ const K_STEP: usize = 32;
 /// whose scales change every `weight_block_cols` columns (K for one scale per row), over K = `k` columns; `None` where
 /// it cannot (exact inputs, K not in 16-byte rows, a group or block that does not span whole K steps).
 pub(super) fn fp8_mma_group(quant: InputQuant, k: usize, weight_block_cols: usize) -> Option<usize> {
-    let InputQuant::Fp8 { group } = quant else { return None };
-    let x_group = group.unwrap_or(k).min(k);
+    let x_group = quant.group_cols(k)?;
     let whole_steps = |cols: usize| cols > 0 && (cols >= k || cols.is_multiple_of(K_STEP));
     (k.is_multiple_of(16) && whole_steps(x_group) && whole_steps(weight_block_cols)).then_some(x_group)
 }
@@ -84,7 +83,7 @@ fn grid(x: &CudaTensor, group: usize) -> Result<(LaunchConfig, usize)> {
 
 /// `out` = `x` with its rows quantised as `quant` says, as f32 values; `out` may be `x`.
 pub(super) fn quantize_rows(be: &CudaBackend, x: &CudaTensor, quant: InputQuant, out: &CudaTensor) -> Result<()> {
-    let InputQuant::Fp8 { group } = quant else {
+    let Some(group) = quant.group_cols(x.cols) else {
         return Err(Error::InvalidInput("quantize_rows called for exact inputs".into()));
     };
     if out.rows != x.rows || out.cols != x.cols {
@@ -93,7 +92,6 @@ pub(super) fn quantize_rows(be: &CudaBackend, x: &CudaTensor, quant: InputQuant,
     if x.rows == 0 || x.cols == 0 {
         return Ok(());
     }
-    let group = group.unwrap_or(x.cols).clamp(1, x.cols);
     let (cfg, _) = grid(x, group)?;
     let (xp, op, cols, g) = (be.ptr(&x.buf), be.ptr(&out.buf), x.cols as i32, group as i32);
     let mut b = be.stream.launch_builder(&be.k.quantize_fp8_rows);
