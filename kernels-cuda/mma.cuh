@@ -24,11 +24,15 @@ __device__ __forceinline__ uint32_t lds32(const __nv_bfloat16* p) { return *rein
 
 // D = A(16x16, row) * B(16x8, col) + D, BF16 inputs, f32 accumulators (PTX ISA, mma.m16n8k16 fragment layouts).
 __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef GLMV_CUDA_EMULATOR  // the host build of scripts/cuda-emulator: the same fragments, multiplied there
+  glmv_emu_mma_bf16_16816(d, a, b);
+#else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 // D = A(16x32, row) * B(32x8, col) + D, FP8 E4M3 inputs, f32 accumulators (sm_89 and later). Fragments of 8-bit
@@ -36,11 +40,15 @@ __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], 
 // g + 8, the same k; a[2] and a[3] the same rows at k 16 + q..; b[0] holds B column g, k q..q+3, b[1] k 16 + q...
 // Each register is four consecutive k of one row of a row-major [rows][k] byte tile: one 32-bit load.
 __device__ __forceinline__ void mma_e4m3_16832(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+#ifdef GLMV_CUDA_EMULATOR
+  glmv_emu_mma_e4m3_16832(d, a, b);
+#else
   asm volatile(
       "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 __device__ __forceinline__ void split_bf16(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the CUDA emulator (README.md here) into target/cuda-emulator/: libcuda.so.1, the stand-in driver, and
+# modules/<image>.so, every kernels-cuda/*.cu and every glmv-codegen group compiled for the host with device.h.
+# Needs g++ and the CUDA headers of the pip toolchain (scripts/install-cuda-toolchain.sh). Prints the directory to
+# put first on LD_LIBRARY_PATH.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+HERE=scripts/cuda-emulator
+OUT=${GLMV_EMU_OUT:-$ROOT/target/cuda-emulator}
+NVCC=${GLMV_NVCC:-$(bash scripts/install-cuda-toolchain.sh | tail -1)}
+CUDA_INCLUDE=$(cd "$(dirname "$NVCC")/../include" && pwd)
+[ -f "$CUDA_INCLUDE/cuda.h" ] || { echo "no cuda.h beside $NVCC" >&2; exit 1; }
+CXX=${CXX:-g++}
+# -fno-strict-aliasing: kernels reinterpret vectors of bytes, as CUDA allows; -ffp-contract=off: no FMA contraction
+# that nvcc would not make either way (results stay within the tests' bars either way).
+FLAGS=(-std=c++20 -O2 -g0 -fPIC -fno-strict-aliasing -ffp-contract=off -w -I "$CUDA_INCLUDE" -I "$ROOT/$HERE")
+
+mkdir -p "$OUT/modules" "$OUT/generated" "$OUT/obj"
+"$CXX" "${FLAGS[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$OUT/libcuda.so.1" "$HERE/runtime.cpp" -lpthread -ldl
+ln -sf libcuda.so.1 "$OUT/libcuda.so"
+
+cargo run -q -p glmv-codegen --bin glmv-emit-cuda -- "$OUT/generated"
+build_module() {   # build_module SOURCE: modules/<stem>.so with a table of the kernels it exports
+  local src=$1 name obj table
+  name=$(basename "$src" .cu)
+  obj="$OUT/obj/$name.o"
+  "$CXX" "${FLAGS[@]}" -DGLMV_CUDA_EMULATOR -include device.h -I "$ROOT/kernels-cuda" -c -x c++ "$src" -o "$obj"
+  # The kernels are the extern "C" functions the source defines (everything else is C++, mangled _Z...).
+  table="$OUT/obj/$name.table.cpp"
+  {
+    echo "#include \"$(realpath "$src")\""
+    echo 'extern "C" const GlmvEmuKernel glmv_emu_kernels[] = {'
+    nm -g --defined-only "$obj" | awk '$2 == "T" && $3 !~ /^_/ { print "    GLMV_EMU_KERNEL(" $3 ")," }'
+    echo '    {nullptr, nullptr, nullptr, nullptr}};'
+  } > "$table"
+  "$CXX" "${FLAGS[@]}" -DGLMV_CUDA_EMULATOR -include device.h -I "$ROOT/kernels-cuda" -I "$(dirname "$src")" \
+    -shared -o "$OUT/modules/$name.so" "$table" -L "$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN/..'
+}
+pids=()
+for src in kernels-cuda/*.cu "$OUT"/generated/*.cu; do
+  build_module "$src" &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+echo "$OUT"
