@@ -532,6 +532,22 @@ fn argmax_rows_match_cpu() {
     }
 }
 
+/// Whether plain temperature sampling (no filter) may draw `token` with `d.uniform` once rounding is allowed for:
+/// the draw point u x total, summed exactly (f64), lies within the token's share of the running mass widened by
+/// 2e-6 of the total. The host walks the row in f64, the device sums f32 as a tree of chunks (and CUDA's expf is not
+/// libm's), so where the point sits within the device's rounding of a boundary they may land a token apart.
+fn plain_draw_within_rounding(row: &[f32], d: &Draw, token: u32) -> bool {
+    if d.top_k > 0 || d.top_p < 1.0 || d.min_p > 0.0 {
+        return false;
+    }
+    let top = row.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    let weight = |v: f32| if v.is_nan() { 0.0 } else { ((v - top) as f64 / d.temperature as f64).exp() };
+    let total: f64 = row.iter().map(|&v| weight(v)).sum();
+    let before: f64 = row[..token as usize].iter().map(|&v| weight(v)).sum();
+    let (point, share, slack) = (d.uniform as f64 * total, weight(row[token as usize]), 2e-6 * total);
+    share > 0.0 && point >= before - slack && point < before + share + slack
+}
+
 /// Tokens drawn on the device are the host's (`Draw::sample`, what `sample` does with the same generator number) for
 /// every filter: plain temperature, top-k, top-p, min-p and their mixes, over the real vocabulary and an odd one, with
 /// ties, NaN and -inf. Rows whose 1,024 best candidates cannot decide (top-k over 1,024; a nucleus reaching past
@@ -579,6 +595,9 @@ fn sample_rows_match_host() {
         for (i, (row, d)) in rows.iter().zip(&draws).enumerate() {
             let want = d.sample(row);
             match got[i] {
+                Some(token) if token != want && plain_draw_within_rounding(row, d, token) => {
+                    eprintln!("row {i} of {cols}: device {token}, host {want}, a boundary apart within f32 rounding")
+                }
                 Some(token) => assert_eq!(token, want, "row {i} of {cols} columns, {d:?}"),
                 None => {
                     left += 1;

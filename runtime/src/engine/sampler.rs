@@ -188,12 +188,13 @@ fn sample_drawing(logits: &[f32], params: &SamplingParams, draw: impl FnOnce() -
     let weight = |v: f32| if v.is_nan() { 0.0 } else { libm::expf((v - max) * inv_t) };
     let filtered = params.top_k > 0 || params.top_p < 1.0 || params.min_p > 0.0;
     if !filtered {
-        // Plain temperature sampling: one pass for the total, one to find the draw.
-        let total: f32 = logits.iter().map(|&v| weight(v)).sum();
-        let mut r = draw() * total;
+        // Plain temperature sampling: one pass for the total, one to find the draw. Both sum in f64: an f32 running
+        // sum over a 151552-token vocabulary drifts by several tokens' mass from the exact draw point.
+        let total: f64 = logits.iter().map(|&v| weight(v) as f64).sum();
+        let mut r = draw() as f64 * total;
         let mut last = 0;
         for (i, &v) in logits.iter().enumerate() {
-            let w = weight(v);
+            let w = weight(v) as f64;
             if w > 0.0 {
                 if r < w {
                     return i as u32;
