@@ -166,8 +166,6 @@ impl CudaBackend {
                     bucket.recorded.last().map(|(_, r)| r)
                 }
                 Err(e) => {
-                    // Frees refused by the broken capture were recorded in the context; they are this error.
-                    let _ = self.ctx.check_err();
                     eprintln!("[glmv] decode steps of {rows} rows run without a CUDA graph: recording failed ({e})");
                     bucket.unrecordable = true;
                     None
@@ -192,9 +190,13 @@ impl CudaBackend {
         // Thread-local mode: a call on this thread that cannot be recorded fails the capture instead of running.
         self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(device_err)?;
         let ran = body(cache);
-        // Always end the capture, so that the stream works again whatever happened.
+        // Frees that a broken capture refused are recorded in the context, and cudarc's end_capture returns that
+        // record before it ends the capture: take it first, so that the capture always ends and the stream works
+        // again whatever happened.
+        let refused = self.ctx.check_err();
         let ended = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
         ran?;
+        refused.map_err(device_err)?;
         let graph = ended.map_err(device_err)?.ok_or_else(|| Error::Device("the capture recorded nothing".into()))?;
         graph.upload().map_err(device_err)?;
         Ok(graph)
