@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the CUDA emulator (README.md here) into target/cuda-emulator/: libcuda.so.1, the stand-in driver, and
-# modules/<image>.so, every kernels-cuda/*.cu and every glmv-codegen group compiled for the host with device.h.
-# Needs g++ and the CUDA headers of the pip toolchain (scripts/install-cuda-toolchain.sh). Prints the directory to
-# put first on LD_LIBRARY_PATH.
+# modules/<image>.so, every kernels-cuda/*.cu and every glmv-codegen group compiled for the host with device.h;
+# then runs its self-test (selftest.cpp over selftest.cu). Needs g++ and the CUDA headers of the pip toolchain
+# (scripts/install-cuda-toolchain.sh). Prints, last, the directory to put first on LD_LIBRARY_PATH.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -21,8 +21,8 @@ mkdir -p "$OUT/modules" "$OUT/generated" "$OUT/obj"
 ln -sf libcuda.so.1 "$OUT/libcuda.so"
 
 cargo run -q -p glmv-codegen --bin glmv-emit-cuda -- "$OUT/generated"
-build_module() {   # build_module SOURCE: modules/<stem>.so with a table of the kernels it exports
-  local src=$1 name obj table
+build_module() {   # build_module SOURCE DIR: DIR/<stem>.so with a table of the kernels SOURCE exports
+  local src=$1 dir=$2 name obj table
   name=$(basename "$src" .cu)
   obj="$OUT/obj/$name.o"
   "$CXX" "${FLAGS[@]}" -DGLMV_CUDA_EMULATOR -include device.h -I "$ROOT/kernels-cuda" -c -x c++ "$src" -o "$obj"
@@ -35,12 +35,17 @@ build_module() {   # build_module SOURCE: modules/<stem>.so with a table of the 
     echo '    {nullptr, nullptr, nullptr, nullptr}};'
   } > "$table"
   "$CXX" "${FLAGS[@]}" -DGLMV_CUDA_EMULATOR -include device.h -I "$ROOT/kernels-cuda" -I "$(dirname "$src")" \
-    -shared -o "$OUT/modules/$name.so" "$table" -L "$OUT" -l:libcuda.so.1 -Wl,-rpath,'$ORIGIN/..'
+    -shared -o "$dir/$name.so" "$table" -L "$OUT" -l:libcuda.so.1 -Wl,-rpath,"$OUT"
 }
 pids=()
 for src in kernels-cuda/*.cu "$OUT"/generated/*.cu; do
-  build_module "$src" &
+  build_module "$src" "$OUT/modules" &
   pids+=($!)
 done
+mkdir -p "$OUT/selftest"
+build_module "$HERE/selftest.cu" "$OUT/selftest" &
+pids+=($!)
+"$CXX" "${FLAGS[@]}" -o "$OUT/selftest/selftest" "$HERE/selftest.cpp" -L "$OUT" -l:libcuda.so.1 -Wl,-rpath,"$OUT"
 for p in "${pids[@]}"; do wait "$p"; done
+GLMV_EMU_MODULES="$OUT/selftest" "$OUT/selftest/selftest" >&2
 echo "$OUT"

@@ -1,0 +1,161 @@
+// Checks the emulator through the driver API, as cudarc uses it (selftest.sh builds and runs this): correct kernels
+// give the right numbers, mma.sync is a matrix product under the PTX fragment layouts, and a missing barrier, a
+// write past an allocation and a divergent shuffle are caught. Exits non-zero on the first check that fails.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const char* what) {
+  printf("%s: %s\n", ok ? "ok" : "FAILED", what);
+  if (!ok) ++failures;
+}
+
+CUfunction function(const char* name) {
+  CUmodule m;
+  CUfunction f;
+  cuModuleLoadData(&m, nullptr);
+  if (cuModuleGetFunction(&f, m, name) != CUDA_SUCCESS) {
+    printf("FAILED: no kernel %s\n", name);
+    exit(1);
+  }
+  return f;
+}
+
+template <class T>
+CUdeviceptr upload(const std::vector<T>& v) {
+  CUdeviceptr p;
+  cuMemAlloc(&p, v.size() * sizeof(T));
+  cuMemcpyHtoD(p, v.data(), v.size() * sizeof(T));
+  return p;
+}
+
+template <class T>
+std::vector<T> download(CUdeviceptr p, size_t n) {
+  std::vector<T> v(n);
+  cuMemcpyDtoH(v.data(), p, n * sizeof(T));
+  return v;
+}
+
+CUresult launch(CUfunction f, unsigned grid, unsigned block, std::vector<void*> args) {
+  return cuLaunchKernel(f, grid, 1, 1, block, 1, 1, 0, nullptr, args.data(), nullptr);
+}
+
+void block_sums() {
+  const int rows = 7, n = 1000;
+  std::vector<float> x(rows * n);
+  std::mt19937 rng(1);
+  for (float& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
+  CUdeviceptr dx = upload(x), dout;
+  cuMemAlloc(&dout, rows * 4);
+  int nn = n;
+  check(launch(function("block_sum"), rows, 256, {&dx, &nn, &dout}) == CUDA_SUCCESS, "block_sum runs");
+  auto out = download<float>(dout, rows);
+  bool ok = true;
+  for (int r = 0; r < rows; ++r) {
+    double want = 0;
+    for (int i = 0; i < n; ++i) want += x[r * n + i];
+    ok &= std::fabs(out[r] - want) < 1e-3;
+  }
+  check(ok, "block_sum: seven blocks of 256 threads sum their rows (shared memory, barrier, shuffles)");
+}
+
+void mma() {
+  std::mt19937 rng(2);
+  std::uniform_real_distribution<float> u(-2, 2);
+  {
+    std::vector<uint16_t> a(16 * 16), b(8 * 16);
+    std::vector<float> af(a.size()), bf(b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      __nv_bfloat16 h = __float2bfloat16(u(rng));
+      memcpy(&a[i], &h, 2);
+      af[i] = __bfloat162float(h);
+    }
+    for (size_t i = 0; i < b.size(); ++i) {
+      __nv_bfloat16 h = __float2bfloat16(u(rng));
+      memcpy(&b[i], &h, 2);
+      bf[i] = __bfloat162float(h);
+    }
+    CUdeviceptr da = upload(a), db = upload(b), dc;
+    cuMemAlloc(&dc, 16 * 8 * 4);
+    launch(function("mma_bf16"), 1, 32, {&da, &db, &dc});
+    auto c = download<float>(dc, 16 * 8);
+    double worst = 0;
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 8; ++j) {
+        double want = 0;
+        for (int k = 0; k < 16; ++k) want += (double)af[i * 16 + k] * bf[j * 16 + k];
+        worst = std::max(worst, std::fabs(c[i * 8 + j] - want));
+      }
+    check(worst < 1e-4, "mma.sync m16n8k16 bf16 is A x B under the PTX fragment layout");
+  }
+  {
+    std::vector<uint8_t> a(16 * 32), b(8 * 32);
+    std::vector<float> af(a.size()), bf(b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      __nv_fp8_e4m3 q(u(rng) * 50);
+      a[i] = q.__x;
+      af[i] = static_cast<float>(q);
+    }
+    for (size_t i = 0; i < b.size(); ++i) {
+      __nv_fp8_e4m3 q(u(rng));
+      b[i] = q.__x;
+      bf[i] = static_cast<float>(q);
+    }
+    CUdeviceptr da = upload(a), db = upload(b), dc;
+    cuMemAlloc(&dc, 16 * 8 * 4);
+    launch(function("mma_e4m3"), 1, 32, {&da, &db, &dc});
+    auto c = download<float>(dc, 16 * 8);
+    double worst = 0;
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 8; ++j) {
+        double want = 0;
+        for (int k = 0; k < 32; ++k) want += (double)af[i * 32 + k] * bf[j * 32 + k];
+        worst = std::max(worst, std::fabs(c[i * 8 + j] - want));
+      }
+    check(worst < 1e-3, "mma.sync m16n8k32 e4m3 is A x B under the PTX fragment layout");
+  }
+}
+
+void mistakes() {
+  CUdeviceptr out;
+  cuMemAlloc(&out, 128 * 4);
+  bool stale = false;
+  for (int run = 0; run < 2 && !stale; ++run) {
+    launch(function("missing_barrier"), 1, 128, {&out});
+    auto got = download<int>(out, 128);
+    for (int t = 0; t < 128; ++t) stale |= got[t] != (t + 1) % 128 + 1;
+  }
+  check(stale, "a read of shared memory without the barrier before it gives a stale value");
+
+  CUdeviceptr small;
+  cuMemAlloc(&small, 100 * 4);
+  int n = 100;
+  check(launch(function("past_the_end"), 1, 64, {&small, &n}) == CUDA_ERROR_ILLEGAL_ADDRESS,
+        "a write one element past an allocation fails the launch with CUDA_ERROR_ILLEGAL_ADDRESS");
+  check(launch(function("divergent_shuffle"), 1, 32, {&out}) == CUDA_ERROR_LAUNCH_FAILED,
+        "half a warp at a full-mask shuffle fails the launch with CUDA_ERROR_LAUNCH_FAILED");
+  check(launch(function("block_sum"), 1, 32, std::vector<void*>{&small, &n, &out}) == CUDA_SUCCESS,
+        "launches after a failed one run again");
+}
+
+}  // namespace
+
+int main() {
+  cuInit(0);
+  block_sums();
+  mma();
+  mistakes();
+  printf("%s\n", failures == 0 ? "emulator self-test passed" : "emulator self-test FAILED");
+  return failures == 0 ? 0 : 1;
+}
