@@ -45,7 +45,10 @@ fn fixture_models_match_cpu() {
             for i in 0..exp.all_ids().len() {
                 check_row(&format!("{name} GPU position {i}"), &g[i * exp.vocab..(i + 1) * exp.vocab], exp.row(i));
             }
-            // BF16 and FP8 KV caches round the same way on both backends.
+            // BF16 and FP8 KV caches. The backends' keys and values differ by ~1e-5 before rounding (the tensor-core
+            // GEMMs carry x as BF16 hi + lo, about 16 bits), so a value near a rounding boundary lands a BF16 or an
+            // E4M3 step apart (0.4% / 6%): measured on the CUDA emulator up to 5.3e-4 (BF16) and 4.5e-3 (FP8) over
+            // these fixtures, hence bars of 5e-3 and 2e-2, inside the CUDA issue's 1e-2 and 3e-2.
             for dtype in [KvDtype::Bf16, KvDtype::Fp8E4m3] {
                 let (mut g8, mut c8) = (
                     Pipeline::load(&ckpt, CudaBackend::new(0).unwrap(), &mut |_| {}).unwrap(),
@@ -55,7 +58,8 @@ fn fixture_models_match_cpu() {
                 c8.kv_dtype = dtype;
                 let err = rel_l2(&g8.prompt_logits(&prompt, 0).unwrap(), &c8.prompt_logits(&prompt, 0).unwrap());
                 eprintln!("{name}: {dtype:?} KV, GPU vs CPU logits relative L2 {err:.2e}");
-                assert!(err < 1e-3, "{name} {dtype:?}: {err}");
+                let bar = if dtype == KvDtype::Fp8E4m3 { 2e-2 } else { 5e-3 };
+                assert!(err < bar, "{name} {dtype:?}: {err}");
             }
             // Greedy generation, token for token.
             let options = GenerateOptions {
@@ -306,7 +310,7 @@ fn engine_tokens<B: Backend>(backend: B, dir: &std::path::Path) -> Vec<Vec<u32>>
         block_size: 16,
         num_blocks: 256,
         mm_cache_bytes: 1 << 20,
-        kv_dtype: KvDtype::Bf16,
+        kv_dtype: KvDtype::F32,
     };
     let on_cuda = pipeline.backend.name() != CpuBackend.name();
     let mut engine = Engine::new(pipeline, config).unwrap();
@@ -347,7 +351,9 @@ fn engine_tokens<B: Backend>(backend: B, dir: &std::path::Path) -> Vec<Vec<u32>>
 
 /// The engine on the GPU serves what it serves on the CPU, token for token: batched decode steps replayed from
 /// graphs, tokens drawn on the device with each request's own generator numbers, and the host's rows (logprobs,
-/// penalties) alongside. (A draw could flip only where a number falls within rounding of a probability boundary.)
+/// penalties) alongside. A draw flips where its number falls within the backends' difference of a probability
+/// boundary, so the cache is f32: with a BF16 cache, keys a BF16 step apart move logits by ~1e-4, and on the CUDA
+/// emulator moe_bf16's penalty request drew token 60 for 61 at its 20th token (its number 1e-5 from the boundary).
 #[test]
 fn engine_on_the_device_matches_the_cpu() {
     if let Err(e) = CudaBackend::new(0) {
