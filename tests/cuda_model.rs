@@ -24,7 +24,7 @@ use glmv_runtime::{
 #[test]
 fn fixture_models_match_cpu() {
     if let Err(e) = CudaBackend::new(0) {
-        eprintln!("skipped: no usable CUDA device ({e})");
+        common::skip_without_device(format!("no usable CUDA device ({e})"));
         return;
     }
     for dir in text_fixtures() {
@@ -113,7 +113,7 @@ fn fixture_models_match_cpu() {
 #[test]
 fn fp8_activations_match_cpu() {
     if let Err(e) = CudaBackend::new(0) {
-        eprintln!("skipped: no usable CUDA device ({e})");
+        common::skip_without_device(format!("no usable CUDA device ({e})"));
         return;
     }
     let options = LoadOptions { fp8_activations: Fp8Activations::Checkpoint, ..Default::default() };
@@ -184,7 +184,7 @@ fn chunked_logits<B: Backend>(
 #[test]
 fn real_shape_layers_match_cpu() {
     if let Err(e) = CudaBackend::new(0) {
-        eprintln!("skipped: no usable CUDA device ({e})");
+        common::skip_without_device(format!("no usable CUDA device ({e})"));
         return;
     }
     // Both backends compute in f32 from the same dequantised weights and round the BF16 cache alike, so the gap is
@@ -260,11 +260,11 @@ fn decode_together(p: &Pipeline<CudaBackend>, steps: usize) -> (Vec<f32>, usize)
 #[test]
 fn decode_graphs_match_eager_steps() {
     let Ok(probe) = CudaBackend::new(0) else {
-        eprintln!("skipped: no usable CUDA device");
+        common::skip_without_device("no usable CUDA device");
         return;
     };
     if !probe.kernel_paths().cuda_graphs {
-        eprintln!("skipped: the device has no stream-ordered allocation, so no graphs");
+        common::skip_without_device("the device has no stream-ordered allocation, so no graphs");
         return;
     }
     let eager_paths = KernelPaths { cuda_graphs: false, ..KernelPaths::default() };
@@ -357,7 +357,7 @@ fn engine_tokens<B: Backend>(backend: B, dir: &std::path::Path) -> Vec<Vec<u32>>
 #[test]
 fn engine_on_the_device_matches_the_cpu() {
     if let Err(e) = CudaBackend::new(0) {
-        eprintln!("skipped: no usable CUDA device ({e})");
+        common::skip_without_device(format!("no usable CUDA device ({e})"));
         return;
     }
     for fixture in ["moe_bf16", "dense_bf16", "moe_fp8_block"] {

@@ -22,7 +22,7 @@ fn device() -> Option<CudaBackend> {
     match CudaBackend::new_poisoned(0) {
         Ok(b) => Some(b),
         Err(e) => {
-            eprintln!("skipped: no usable CUDA device ({e})");
+            common::skip_without_device(format!("no usable CUDA device ({e})"));
             None
         }
     }

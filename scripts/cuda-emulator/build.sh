@@ -17,7 +17,7 @@ CXX=${CXX:-g++}
 FLAGS=(-std=c++20 -O2 -g0 -fPIC -fno-strict-aliasing -ffp-contract=off -w -I "$CUDA_INCLUDE" -I "$ROOT/$HERE")
 
 mkdir -p "$OUT/modules" "$OUT/generated" "$OUT/obj"
-"$CXX" "${FLAGS[@]}" -shared -Wl,-soname,libcuda.so.1 -o "$OUT/libcuda.so.1" "$HERE/runtime.cpp" -lpthread -ldl
+"$CXX" "${FLAGS[@]}" -O3 -shared -Wl,-soname,libcuda.so.1 -o "$OUT/libcuda.so.1" "$HERE/runtime.cpp" -lpthread -ldl
 ln -sf libcuda.so.1 "$OUT/libcuda.so"
 
 cargo run -q -p glmv-codegen --bin glmv-emit-cuda -- "$OUT/generated"

@@ -38,8 +38,8 @@
 #include "emulator.h"
 
 // ---------------------------------------------------------------------------------------------------------------
-// Fibers: glmv_emu_switch saves the callee-saved registers and the FP control words on the current stack, stores
-// the stack pointer in *save and continues on `load` (x86-64 System V).
+// Fibers: glmv_emu_switch saves the callee-saved registers on the current stack, stores the stack pointer in *save
+// and continues on `load` (x86-64 System V). The FP control words are not switched: kernels never change them.
 extern "C" void glmv_emu_switch(void** save, void* load);
 asm(R"(
 .text
@@ -53,14 +53,8 @@ glmv_emu_switch:
   pushq %r13
   pushq %r14
   pushq %r15
-  subq $8, %rsp
-  stmxcsr (%rsp)
-  fnstcw 4(%rsp)
   movq %rsp, (%rdi)
   movq %rsi, %rsp
-  ldmxcsr (%rsp)
-  fldcw 4(%rsp)
-  addq $8, %rsp
   popq %r15
   popq %r14
   popq %r13
@@ -117,13 +111,16 @@ struct Worker {
   std::vector<Warp> warps;
   Launch* launch = nullptr;
   uint3 block_idx{};
+  int threads = 0;    // of the running block
+  int remaining = 0;  // its threads not done
   int at_barrier = 0;
+  bool forward = true;  // direction of the current pass
   bool aborted = false;
   std::vector<char> signal_stack = std::vector<char>(64 * 1024);
   bool signal_stack_set = false;
 };
 
-thread_local Worker* tls_worker = nullptr;
+__attribute__((tls_model("initial-exec"))) thread_local Worker* tls_worker = nullptr;
 std::mutex error_mutex;
 
 void block_error(Worker& w, const std::string& what) {
@@ -140,15 +137,36 @@ void block_error(Worker& w, const std::string& what) {
   w.aborted = true;
 }
 
-// Back to the scheduler; returns when the scheduler resumes this fiber.
-void yield(Worker& w, Fiber& f) { glmv_emu_switch(&f.sp, w.scheduler_sp); }
+// Hands the worker on from `from`, which waits or is done: to the next runnable fiber of the scheduler's pass (in
+// its direction), else back to the scheduler. Returns when `from` is resumed.
+void pass_on(Worker& w, Fiber& from) {
+  Fiber* next = nullptr;
+  if (!w.aborted) {
+    int i = static_cast<int>(&from - w.fibers.data()), step = w.forward ? 1 : -1;
+    for (int j = i + step; j >= 0 && j < w.threads; j += step)
+      if (w.fibers[j].state == State::RUNNABLE) {
+        next = &w.fibers[j];
+        break;
+      }
+  }
+  if (next == nullptr) {
+    glmv_emu_switch(&from.sp, w.scheduler_sp);
+    return;
+  }
+  w.current = next;
+  glmv_emu_switch(&from.sp, next->sp);
+}
+
+// Waits: the fiber's state says on what.
+void yield(Worker& w, Fiber& f) { pass_on(w, f); }
 
 [[noreturn]] void fiber_entry() {
   Worker& w = *tls_worker;
   Fiber& f = *w.current;
   w.launch->kernel->run(w.launch->bound);
   f.state = State::DONE;
-  glmv_emu_switch(&f.sp, w.scheduler_sp);
+  --w.remaining;
+  pass_on(w, f);
   __builtin_unreachable();
 }
 
@@ -163,17 +181,13 @@ void start_fiber(Fiber& f) {
     mprotect(base, PAGE, PROT_NONE);
     f.stack = base + PAGE;
   }
-  // The frame glmv_emu_switch pops: FP control words, six registers, then the "return" into fiber_entry, entered
-  // with the stack aligned as after a call.
+  // The frame glmv_emu_switch pops: six registers, then the "return" into fiber_entry, entered with the stack
+  // aligned as after a call.
   uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + STACK_BYTES) & ~uintptr_t(15);
   uint64_t* sp = reinterpret_cast<uint64_t*>(top);
   *--sp = 0;
   *--sp = reinterpret_cast<uint64_t>(&fiber_entry);
   for (int r = 0; r < 6; ++r) *--sp = 0;
-  uint32_t csr[2];
-  asm volatile("stmxcsr %0" : "=m"(csr[0]));
-  asm volatile("fnstcw %0" : "=m"(csr[1]));
-  *--sp = (uint64_t)csr[0] | ((uint64_t)(csr[1] & 0xffff) << 32);
   f.sp = sp;
   f.state = State::RUNNABLE;
 }
@@ -223,24 +237,30 @@ void run_block(Worker& w, Launch& launch, uint64_t linear_block) {
     w.warps[f.warp].present |= 1u << f.lane_id;
     start_fiber(f);
   }
+  w.threads = threads;
+  w.remaining = threads;
   w.at_barrier = 0;
   w.aborted = false;
-  int remaining = threads;
-  bool forward = true;
-  while (remaining > 0 && !w.aborted) {
-    bool ran = false;
-    for (int n = 0; n < threads && !w.aborted; ++n) {
-      Fiber& f = w.fibers[forward ? n : threads - 1 - n];
-      if (f.state != State::RUNNABLE) continue;
-      w.current = &f;
-      glmv_emu_switch(&w.scheduler_sp, f.sp);
-      w.current = nullptr;
-      ran = true;
-      if (f.state == State::DONE) --remaining;
+  w.forward = true;
+  while (w.remaining > 0 && !w.aborted) {
+    // A pass: the first runnable fiber in this direction runs, and each hands on to the next (pass_on).
+    Fiber* first = nullptr;
+    for (int n = 0; n < threads; ++n) {
+      Fiber& f = w.fibers[w.forward ? n : threads - 1 - n];
+      if (f.state == State::RUNNABLE) {
+        first = &f;
+        break;
+      }
     }
-    forward = !forward;
-    if (ran || w.aborted || remaining == 0) continue;
+    if (first != nullptr) {
+      w.current = first;
+      glmv_emu_switch(&w.scheduler_sp, first->sp);
+      w.current = nullptr;
+      w.forward = !w.forward;
+      continue;
+    }
     // Nothing can run: a barrier every live thread waits on, else the collectives on "the lanes that got here".
+    int remaining = w.remaining;
     if (w.at_barrier == remaining) {
       for (int i = 0; i < threads; ++i)
         if (w.fibers[i].state == State::AT_BARRIER) w.fibers[i].state = State::RUNNABLE;
@@ -289,6 +309,8 @@ class Pool {
   }
 
   void run(Launch& launch) {
+    // One launch at a time (streams of several host threads, e.g. tests running in parallel, take turns).
+    std::lock_guard<std::mutex> one_at_a_time(launch_m_);
     size_t helpers = std::min<uint64_t>(threads_.size(), launch.blocks - 1);
     {
       std::lock_guard<std::mutex> lock(m_);
@@ -325,7 +347,7 @@ class Pool {
 
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::thread> threads_;
-  std::mutex m_;
+  std::mutex m_, launch_m_;
   std::condition_variable start_, done_;
   Launch* job_ = nullptr;
   uint64_t generation_ = 0;
@@ -541,7 +563,7 @@ int fake_context = 1;
 int fake_pool = 1;
 Stream legacy_stream;
 
-thread_local Stream* captured_here = nullptr;  // the stream this thread captures
+__attribute__((tls_model("initial-exec"))) thread_local Stream* captured_here = nullptr;  // the stream this thread captures
 
 Stream* stream_of(CUstream s) { return s == nullptr ? &legacy_stream : reinterpret_cast<Stream*>(s); }
 

@@ -19,7 +19,7 @@ cd "$(dirname "$0")/../.."
 OUT="${OUT:-/tmp/gpu-check}"
 mkdir -p "$OUT"
 BIN=.device-bin
-export GLMV_FIXTURES="$PWD/tests/fixtures" RUST_BACKTRACE=1
+export GLMV_FIXTURES="$PWD/tests/fixtures" RUST_BACKTRACE=1 GLMV_REQUIRE_DEVICE=1
 SECONDS=0
 # The device tool stops a call at 600 s; every step's limit is cut to what is left of this.
 BUDGET="${GLMV_CHECK_BUDGET:-570}"

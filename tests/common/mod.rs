@@ -13,6 +13,13 @@ pub const MAX_PIXEL_MEAN_ABS: f64 = 1e-2;
 pub const MAX_REL_L2_PIXELS: f64 = 1e-3;
 pub const MAX_REL_L2_FILES: f64 = 1e-2;
 
+/// A device test finding no usable device: skipped, unless `GLMV_REQUIRE_DEVICE` is set (CI on the CUDA emulator,
+/// the GPU machine's checks), where that is a failure rather than a silent pass.
+pub fn skip_without_device(why: impl std::fmt::Display) {
+    assert!(std::env::var_os("GLMV_REQUIRE_DEVICE").is_none(), "GLMV_REQUIRE_DEVICE is set, but {why}");
+    eprintln!("skipped: {why}");
+}
+
 /// `tests/fixtures` of this checkout, or `$GLMV_FIXTURES` (test binaries carried to a GPU machine).
 pub fn fixtures_root() -> PathBuf {
     match std::env::var_os("GLMV_FIXTURES") {
