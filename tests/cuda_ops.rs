@@ -607,6 +607,10 @@ fn sample_rows_match_host() {
             }
         }
         eprintln!("sample_rows over {} rows of {cols}: {left} left to the host", rows.len());
+        if !gpu.kernel_paths().device_sampling {
+            // GLMV_CUDA_GENERIC=device-sampling (gpu_check.sh's bisection): every row drawn on the host, checked above.
+            continue;
+        }
         assert!(got.iter().filter(|t| t.is_some()).count() >= rows.len() - 6 - 12, "most rows decided on the device");
         if cols > 1024 {
             assert!(draws.iter().zip(&got).all(|(d, t)| d.top_k <= 1024 || t.is_none()), "top-k over the head");
