@@ -37,6 +37,10 @@
 
 #include "emulator.h"
 
+#if !defined(__x86_64__)
+#error "the CUDA emulator's fiber switch (glmv_emu_switch) is written for x86-64"
+#endif
+
 // ---------------------------------------------------------------------------------------------------------------
 // Fibers: glmv_emu_switch saves the callee-saved registers on the current stack, stores the stack pointer in *save
 // and continues on `load` (x86-64 System V). The FP control words are not switched: kernels never change them.
