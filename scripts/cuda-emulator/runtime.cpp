@@ -161,9 +161,6 @@ void pass_on(Worker& w, Fiber& from) {
   glmv_emu_switch(&from.sp, next->sp);
 }
 
-// Waits: the fiber's state says on what.
-void yield(Worker& w, Fiber& f) { pass_on(w, f); }
-
 [[noreturn]] void fiber_entry() {
   Worker& w = *tls_worker;
   Fiber& f = *w.current;
@@ -404,7 +401,7 @@ extern "C" void glmv_emu_syncthreads() {
   Fiber& f = *w.current;
   f.state = State::AT_BARRIER;
   ++w.at_barrier;
-  yield(w, f);
+  pass_on(w, f);  // waits: its state says on what
 }
 
 extern "C" [[noreturn]] void glmv_emu_fail(const char* what) {
@@ -438,7 +435,7 @@ extern "C" void glmv_emu_warp_collective(unsigned mask, const void* kind, void* 
     return;
   }
   f.state = State::AT_WARP;
-  yield(w, f);
+  pass_on(w, f);  // waits: its state says on what
 }
 
 namespace {
@@ -523,9 +520,7 @@ struct Allocation {
   size_t bytes;
 };
 
-struct Op {  // what a captured stream records
-  std::function<CUresult()> run;
-};
+using Op = std::function<CUresult()>;  // what a captured stream records
 
 // Stream capture as CUDA defines it for glmv's use (thread-local mode): operations are recorded, not run; a call
 // that needs the host to wait (a synchronisation, a copy to or from pageable memory, a synchronous allocation)
@@ -590,7 +585,7 @@ CUresult on_stream(CUstream s, std::function<CUresult()> op) {
   Stream* st = stream_of(s);
   if (st->capturing) {
     if (st->invalidated) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
-    st->capture->push_back(Op{std::move(op)});
+    st->capture->push_back(std::move(op));
     return CUDA_SUCCESS;
   }
   // The legacy stream cannot be used while this thread captures; other streams run as usual.
@@ -1092,7 +1087,7 @@ CUresult cuGraphLaunch(CUgraphExec exec, CUstream s) {
   Graph* g = reinterpret_cast<Graph*>(exec);
   return on_stream(s, [g] {
     for (Op& op : g->ops)
-      if (CUresult r = op.run()) return r;
+      if (CUresult r = op()) return r;
     return CUDA_SUCCESS;
   });
 }

@@ -70,61 +70,45 @@ void block_sums() {
   check(ok, "block_sum: seven blocks of 256 threads sum their rows (shared memory, barrier, shuffles)");
 }
 
+// The largest error of kernel `kernel` (one warp's mma of A, 16 x k, by B stored [n][k], 8 x k) against the f64
+// product, on operands drawn in (-2, 2) (A times a_scale) and stored as `encode(value, code)` returns them.
+template <class Code, class Encode>
+double mma_error(const char* kernel, int k, float a_scale, Encode encode, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-2, 2);
+  std::vector<Code> a(16 * k), b(8 * k);
+  std::vector<float> av(a.size()), bv(b.size());
+  for (size_t i = 0; i < a.size(); ++i) av[i] = encode(u(rng) * a_scale, a[i]);
+  for (size_t i = 0; i < b.size(); ++i) bv[i] = encode(u(rng), b[i]);
+  CUdeviceptr da = upload(a), db = upload(b), dc;
+  cuMemAlloc(&dc, 16 * 8 * 4);
+  launch(function(kernel), 1, 32, {&da, &db, &dc});
+  auto c = download<float>(dc, 16 * 8);
+  double worst = 0;
+  for (int i = 0; i < 16; ++i)
+    for (int j = 0; j < 8; ++j) {
+      double want = 0;
+      for (int kk = 0; kk < k; ++kk) want += (double)av[i * k + kk] * bv[j * k + kk];
+      worst = std::max(worst, std::fabs(c[i * 8 + j] - want));
+    }
+  return worst;
+}
+
 void mma() {
   std::mt19937 rng(2);
-  std::uniform_real_distribution<float> u(-2, 2);
-  {
-    std::vector<uint16_t> a(16 * 16), b(8 * 16);
-    std::vector<float> af(a.size()), bf(b.size());
-    for (size_t i = 0; i < a.size(); ++i) {
-      __nv_bfloat16 h = __float2bfloat16(u(rng));
-      memcpy(&a[i], &h, 2);
-      af[i] = __bfloat162float(h);
-    }
-    for (size_t i = 0; i < b.size(); ++i) {
-      __nv_bfloat16 h = __float2bfloat16(u(rng));
-      memcpy(&b[i], &h, 2);
-      bf[i] = __bfloat162float(h);
-    }
-    CUdeviceptr da = upload(a), db = upload(b), dc;
-    cuMemAlloc(&dc, 16 * 8 * 4);
-    launch(function("mma_bf16"), 1, 32, {&da, &db, &dc});
-    auto c = download<float>(dc, 16 * 8);
-    double worst = 0;
-    for (int i = 0; i < 16; ++i)
-      for (int j = 0; j < 8; ++j) {
-        double want = 0;
-        for (int k = 0; k < 16; ++k) want += (double)af[i * 16 + k] * bf[j * 16 + k];
-        worst = std::max(worst, std::fabs(c[i * 8 + j] - want));
-      }
-    check(worst < 1e-4, "mma.sync m16n8k16 bf16 is A x B under the PTX fragment layout");
-  }
-  {
-    std::vector<uint8_t> a(16 * 32), b(8 * 32);
-    std::vector<float> af(a.size()), bf(b.size());
-    for (size_t i = 0; i < a.size(); ++i) {
-      __nv_fp8_e4m3 q(u(rng) * 50);
-      a[i] = q.__x;
-      af[i] = static_cast<float>(q);
-    }
-    for (size_t i = 0; i < b.size(); ++i) {
-      __nv_fp8_e4m3 q(u(rng));
-      b[i] = q.__x;
-      bf[i] = static_cast<float>(q);
-    }
-    CUdeviceptr da = upload(a), db = upload(b), dc;
-    cuMemAlloc(&dc, 16 * 8 * 4);
-    launch(function("mma_e4m3"), 1, 32, {&da, &db, &dc});
-    auto c = download<float>(dc, 16 * 8);
-    double worst = 0;
-    for (int i = 0; i < 16; ++i)
-      for (int j = 0; j < 8; ++j) {
-        double want = 0;
-        for (int k = 0; k < 32; ++k) want += (double)af[i * 32 + k] * bf[j * 32 + k];
-        worst = std::max(worst, std::fabs(c[i * 8 + j] - want));
-      }
-    check(worst < 1e-3, "mma.sync m16n8k32 e4m3 is A x B under the PTX fragment layout");
-  }
+  auto bf16 = [](float v, uint16_t& code) {
+    __nv_bfloat16 h = __float2bfloat16(v);
+    memcpy(&code, &h, 2);
+    return __bfloat162float(h);
+  };
+  auto e4m3 = [](float v, uint8_t& code) {
+    __nv_fp8_e4m3 q(v);
+    code = q.__x;
+    return static_cast<float>(q);
+  };
+  check(mma_error<uint16_t>("mma_bf16", 16, 1.0f, bf16, rng) < 1e-4,
+        "mma.sync m16n8k16 bf16 is A x B under the PTX fragment layout");
+  check(mma_error<uint8_t>("mma_e4m3", 32, 50.0f, e4m3, rng) < 1e-3,
+        "mma.sync m16n8k32 e4m3 is A x B under the PTX fragment layout");
 }
 
 void mistakes() {
