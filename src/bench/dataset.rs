@@ -1,4 +1,5 @@
-//! The requests a benchmark sends: `random` (random token ids decoded to text, as bench_serving's random dataset),
+//! The requests a benchmark sends: `random` (random token ids decoded to text, as bench_serving's random dataset,
+//! brought to the asked token count as vLLM's),
 //! `random-image` (synthetic images of a given resolution and count, then random text, as its image dataset), and
 //! `jsonl` (one chat request per line, e.g. a VisionArena export).
 use std::path::Path;
@@ -50,11 +51,34 @@ impl RandomLengths {
     }
 }
 
-/// Random token ids (never special tokens) decoded to text. As in bench_serving the prompt length is the number of
-/// ids drawn; the text may re-encode to a slightly different count, which the server's usage then reports.
+/// Rounds of re-encoding [`random_text`] spends to bring a prompt to its length.
+const ADJUST_ROUNDS: usize = 4;
+
+/// Random token ids (never special tokens) decoded to text, as bench_serving's random dataset, then brought to `len`
+/// tokens as vLLM's random dataset does: re-encoded, cut to `len` or extended with fresh random ids, and decoded again,
+/// a few rounds at most. Decoded ids need not re-encode to as many (a BPE merges across their boundaries, and the
+/// dummy checkpoints' padding ids decode to `<|reserved_N|>`, a dozen tokens each), and a prompt several times the
+/// asked length would measure another workload. The prompt length reported stays `len`, which the server's usage
+/// then replaces.
 fn random_text(tokenizer: &Tokenizer, ordinary: &[u32], rng: &mut Rng, len: usize) -> Result<String, DatasetError> {
-    let ids: Vec<u32> = (0..len).map(|_| ordinary[(rng.next_u64() % ordinary.len() as u64) as usize]).collect();
-    Ok(tokenizer.decode(&ids, true)?)
+    let mut draw = |ids: &mut Vec<u32>| {
+        while ids.len() < len {
+            ids.push(ordinary[(rng.next_u64() % ordinary.len() as u64) as usize]);
+        }
+    };
+    let mut ids = Vec::with_capacity(len);
+    draw(&mut ids);
+    let mut text = tokenizer.decode(&ids, true)?;
+    for _ in 0..ADJUST_ROUNDS {
+        ids = tokenizer.encode_prompt(&text)?;
+        if ids.len() == len {
+            break;
+        }
+        ids.truncate(len);
+        draw(&mut ids);
+        text = tokenizer.decode(&ids, true)?;
+    }
+    Ok(text)
 }
 
 fn ordinary_ids(tokenizer: &Tokenizer) -> Result<Vec<u32>, DatasetError> {
@@ -243,6 +267,8 @@ fn image_url(image: &str, base: &Path) -> Result<String, DatasetError> {
 
 #[cfg(test)]
 mod tests {
+    use glmv_runtime::config::known::{KnownModel, Precision};
+
     use super::*;
 
     #[test]
@@ -276,6 +302,24 @@ mod tests {
             assert_eq!((x.prompt_len, x.output_len), (64, 8));
             let special = tok.special_token_ids();
             assert!(tok.encode_prompt(tx).unwrap().iter().all(|id| !special.contains(id)));
+        }
+    }
+
+    #[test]
+    fn random_prompts_reencode_to_their_length() {
+        // The dummy checkpoint of GLM-4.5V's shapes: most of its ids are padding that decodes to `<|reserved_N|>`.
+        let dir = std::env::temp_dir().join(format!("glmv-bench-dataset-{}", std::process::id()));
+        let config = KnownModel::from_name("glm-4.5v").unwrap().config_json(Precision::Fp8).unwrap();
+        glmv_runtime::demo::write_shapes_checkpoint(&dir, &config).unwrap();
+        let shapes = Tokenizer::from_dir(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        for tok in [shapes, glmv_runtime::demo::tokenizer().unwrap()] {
+            let lengths = RandomLengths { input_len: 1000, output_len: 8, range_ratio: 0.0 };
+            for req in random(&tok, lengths, 8, 3, false).unwrap() {
+                let Content::Text(text) = &req.content else { panic!("text prompts") };
+                let got = tok.encode_prompt(text).unwrap().len();
+                assert!(got.abs_diff(req.prompt_len) <= req.prompt_len / 100, "{got} tokens for {}", req.prompt_len);
+            }
         }
     }
 

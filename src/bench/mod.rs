@@ -37,7 +37,7 @@ pub enum ApiKind {
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DatasetName {
-    /// Random token ids decoded to text.
+    /// Random token ids decoded to text that re-encodes to the asked length.
     Random,
     /// `--image-count` synthetic images of `--image-resolution`, then random text.
     RandomImage,
