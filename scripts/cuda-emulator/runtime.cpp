@@ -9,8 +9,11 @@
 //   mma.sync) wait for every lane of their mask; a block where nothing can go on (lanes of a warp at different
 //   collectives, a collective waiting on a lane that exited) fails the launch with what each thread waits on;
 // - every allocation ends at a page boundary followed by an inaccessible page, so an access past its end (and a
-//   fiber's stack overflow) fails the launch with the kernel, block and thread instead of corrupting memory.
-// A failed launch returns CUDA_ERROR_LAUNCH_FAILED or CUDA_ERROR_ILLEGAL_ADDRESS from cuLaunchKernel and prints why.
+//   fiber's stack overflow) fails the launch with the kernel, block and thread instead of corrupting memory;
+// - an access not aligned to its size (a GPU faults on it; x86-64 does not) fails the launch: build.sh compiles the
+//   kernels with GCC's -fsanitize=alignment, whose checks call the handler here, with the source line.
+// A failed launch returns CUDA_ERROR_LAUNCH_FAILED, CUDA_ERROR_ILLEGAL_ADDRESS or CUDA_ERROR_MISALIGNED_ADDRESS from
+// cuLaunchKernel and prints why.
 #include <cuda.h>
 #include <dlfcn.h>
 #include <dirent.h>
@@ -86,7 +89,8 @@ struct Launch {
   uint64_t blocks;
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
-  std::atomic<bool> illegal_address{false};
+  // Why the launch failed when a fault (not a deadlock) stopped it: CUDA_ERROR_ILLEGAL_ADDRESS or MISALIGNED_ADDRESS.
+  std::atomic<CUresult> fault{CUDA_SUCCESS};
 };
 
 enum class State { RUNNABLE, AT_BARRIER, AT_WARP, DONE };
@@ -377,7 +381,7 @@ void on_segv(int sig, siginfo_t* info, void*) {
     snprintf(what, sizeof what, "invalid memory access at %p (outside every allocation, or past its end)",
              info->si_addr);
   block_error(*w, what);
-  w->launch->illegal_address = true;
+  w->launch->fault = CUDA_ERROR_ILLEGAL_ADDRESS;
   // Abandon the fiber: back to the scheduler, which stops this block.
   glmv_emu_switch(&f.sp, w->scheduler_sp);
 }
@@ -410,6 +414,39 @@ extern "C" [[noreturn]] void glmv_emu_fail(const char* what) {
   block_error(w, what);
   glmv_emu_switch(&f.sp, w.scheduler_sp);
   __builtin_unreachable();
+}
+
+// What GCC's -fsanitize=alignment passes its handler (the layout of its libubsan ABI, version 1).
+struct UbsanLocation {
+  const char* file;
+  uint32_t line, column;
+};
+struct UbsanType {
+  uint16_t kind, info;
+  char name[1];
+};
+struct UbsanTypeMismatch {
+  UbsanLocation at;
+  const UbsanType* type;
+  unsigned char log_alignment, check_kind;
+};
+
+// A kernel accessed `pointer` as a type that it is not aligned for. Kernels are linked without libubsan, so their
+// checks land here.
+extern "C" [[noreturn]] void __ubsan_handle_type_mismatch_v1_abort(UbsanTypeMismatch* data, uintptr_t pointer) {
+  Worker* w = tls_worker;
+  if (w == nullptr || w->current == nullptr || w->launch == nullptr) abort();
+  char what[400];
+  snprintf(what, sizeof what, "misaligned address: %p accessed as %s (%u-byte alignment) at %s:%u:%u",
+           reinterpret_cast<void*>(pointer), data->type->name, 1u << data->log_alignment, data->at.file,
+           data->at.line, data->at.column);
+  block_error(*w, what);
+  w->launch->fault = CUDA_ERROR_MISALIGNED_ADDRESS;
+  glmv_emu_switch(&w->current->sp, w->scheduler_sp);
+  __builtin_unreachable();
+}
+extern "C" void __ubsan_handle_type_mismatch_v1(UbsanTypeMismatch* data, uintptr_t pointer) {
+  __ubsan_handle_type_mismatch_v1_abort(data, pointer);
 }
 
 extern "C" void glmv_emu_warp_collective(unsigned mask, const void* kind, void* operand,
@@ -698,7 +735,7 @@ CUresult launch(const GlmvEmuKernel* k, dim3 grid, dim3 block, void* bound) {
     entry.first += 1;
     entry.second += secs;
   }
-  if (l.illegal_address) return CUDA_ERROR_ILLEGAL_ADDRESS;
+  if (CUresult fault = l.fault) return fault;
   return l.failed ? CUDA_ERROR_LAUNCH_FAILED : CUDA_SUCCESS;
 }
 
@@ -817,6 +854,7 @@ CUresult cuGetErrorName(CUresult e, const char** s) {
     case CUDA_ERROR_OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
     case CUDA_ERROR_NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
     case CUDA_ERROR_ILLEGAL_ADDRESS: *s = "CUDA_ERROR_ILLEGAL_ADDRESS"; break;
+    case CUDA_ERROR_MISALIGNED_ADDRESS: *s = "CUDA_ERROR_MISALIGNED_ADDRESS"; break;
     case CUDA_ERROR_LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
     case CUDA_ERROR_NOT_SUPPORTED: *s = "CUDA_ERROR_NOT_SUPPORTED"; break;
     case CUDA_ERROR_ILLEGAL_STATE: *s = "CUDA_ERROR_ILLEGAL_STATE"; break;

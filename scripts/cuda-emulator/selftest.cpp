@@ -1,6 +1,6 @@
-// Checks the emulator through the driver API, as cudarc uses it (selftest.sh builds and runs this): correct kernels
+// Checks the emulator through the driver API, as cudarc uses it (build.sh builds and runs this): correct kernels
 // give the right numbers, mma.sync is a matrix product under the PTX fragment layouts, and a missing barrier, a
-// write past an allocation and a divergent shuffle are caught. Exits non-zero on the first check that fails.
+// write past an allocation, a misaligned load and a divergent shuffle are caught. Exits non-zero if a check fails.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -127,6 +127,11 @@ void mistakes() {
   int n = 100;
   check(launch(function("past_the_end"), 1, 64, {&small, &n}) == CUDA_ERROR_ILLEGAL_ADDRESS,
         "a write one element past an allocation fails the launch with CUDA_ERROR_ILLEGAL_ADDRESS");
+  int aligned = 4, misaligned = 2;
+  check(launch(function("load_float4"), 1, 16, {&small, &aligned, &out}) == CUDA_SUCCESS,
+        "16-byte loads at 16-byte boundaries run");
+  check(launch(function("load_float4"), 1, 16, {&small, &misaligned, &out}) == CUDA_ERROR_MISALIGNED_ADDRESS,
+        "a 16-byte load at an 8-byte boundary fails the launch with CUDA_ERROR_MISALIGNED_ADDRESS");
   check(launch(function("divergent_shuffle"), 1, 32, {&out}) == CUDA_ERROR_LAUNCH_FAILED,
         "half a warp at a full-mask shuffle fails the launch with CUDA_ERROR_LAUNCH_FAILED");
   check(launch(function("block_sum"), 1, 32, std::vector<void*>{&small, &n, &out}) == CUDA_SUCCESS,

@@ -27,6 +27,12 @@ extern "C" __global__ void missing_barrier(int* out) {
 // Wrong: writes one element past its buffer.
 extern "C" __global__ void past_the_end(float* out, int n) { out[threadIdx.x + n - (int)blockDim.x + 1] = 1.0f; }
 
+// Wrong: 16-byte loads `offset` floats into a buffer (misaligned unless offset is a multiple of 4).
+extern "C" __global__ void load_float4(const float* in, int offset, float* out) {
+  float4 v = reinterpret_cast<const float4*>(in + offset)[threadIdx.x];
+  out[threadIdx.x] = v.x + v.y + v.z + v.w;
+}
+
 // Wrong: half a warp at a full-mask shuffle.
 extern "C" __global__ void divergent_shuffle(float* out) {
   float v = (float)threadIdx.x;
