@@ -220,3 +220,22 @@ fn unusable_flags_are_refused_before_anything_is_sent() {
         Command::new(env!("CARGO_BIN_EXE_glmv")).args(["bench", "--base-url", "https://example.com"]).output().unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("plain http://"));
 }
+
+#[test]
+fn a_server_that_is_down_or_silent_is_named() {
+    // Nothing listens: the error names the request and the refusal.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port().to_string();
+    drop(free);
+    let output = Command::new(env!("CARGO_BIN_EXE_glmv")).args(["bench", "--port", &port]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(&format!("GET http://127.0.0.1:{port}/v1/models:")), "{stderr}");
+    // Something listens but never answers (a server still starting): said so after the 10 s wait.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_glmv")).args(["bench", "--port", &port]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/v1/models: no answer within 10 s (is the server still starting?)"), "{stderr}");
+    drop(silent);
+}

@@ -224,9 +224,18 @@ pub fn run(args: &BenchArgs) -> BenchResult<()> {
 }
 
 fn get_json(origin: &http::Origin, path: &str) -> BenchResult<Value> {
-    let response = http::request(origin, "GET", path, &[], b"", Some(Duration::from_secs(10)))?;
+    const WAIT: Duration = Duration::from_secs(10);
+    let at = format!("GET http://{}:{}{path}", origin.host, origin.port);
+    let failed = |e: std::io::Error| match e.kind() {
+        // A read timeout (EAGAIN on Linux): something listens but does not answer, e.g. a server still starting.
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("{at}: no answer within {} s (is the server still starting?)", WAIT.as_secs())
+        }
+        _ => format!("{at}: {e}"),
+    };
+    let response = http::request(origin, "GET", path, &[], b"", Some(WAIT)).map_err(failed)?;
     let status = response.status;
-    let body = response.text()?;
+    let body = response.text().map_err(failed)?;
     if status != 200 {
         return Err(format!("GET {path}: HTTP {status}: {body}").into());
     }
