@@ -724,7 +724,11 @@ CUresult launch(const GlmvEmuKernel* k, dim3 grid, dim3 block, void* bound) {
   l.grid = grid;
   l.block = block;
   l.blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
-  if (l.blocks == 0 || block.x * block.y * block.z == 0 || block.x * block.y * block.z > 1024)
+  // The limits a GPU's driver refuses a launch beyond (sm_90: grid x < 2^31, y and z <= 65535; block x and y <= 1024,
+  // z <= 64, 1024 threads in all).
+  uint64_t threads = static_cast<uint64_t>(block.x) * block.y * block.z;
+  if (l.blocks == 0 || grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 || threads == 0 || threads > 1024 ||
+      block.z > 64)
     return CUDA_ERROR_INVALID_VALUE;
   auto start = std::chrono::steady_clock::now();
   pool().run(l);

@@ -134,6 +134,10 @@ void mistakes() {
         "a 16-byte load at an 8-byte boundary fails the launch with CUDA_ERROR_MISALIGNED_ADDRESS");
   check(launch(function("divergent_shuffle"), 1, 32, {&out}) == CUDA_ERROR_LAUNCH_FAILED,
         "half a warp at a full-mask shuffle fails the launch with CUDA_ERROR_LAUNCH_FAILED");
+  std::vector<void*> sum_args{&small, &n, &out};
+  check(cuLaunchKernel(function("block_sum"), 1, 65536, 1, 32, 1, 1, 0, nullptr, sum_args.data(), nullptr) ==
+            CUDA_ERROR_INVALID_VALUE,
+        "a grid of 65536 blocks in y is refused (CUDA_ERROR_INVALID_VALUE), as by a GPU's driver");
   check(launch(function("block_sum"), 1, 32, std::vector<void*>{&small, &n, &out}) == CUDA_SUCCESS,
         "launches after a failed one run again");
 }
