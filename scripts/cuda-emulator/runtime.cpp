@@ -145,6 +145,15 @@ void block_error(Worker& w, const std::string& what) {
   w.aborted = true;
 }
 
+// Stops the running thread of `w`'s block: reports `what`, records `fault` (the GPU's error for it, when it is not a
+// plain launch failure) and goes back to the scheduler, which abandons the block.
+[[noreturn]] void abandon_thread(Worker& w, const std::string& what, CUresult fault = CUDA_SUCCESS) {
+  block_error(w, what);
+  if (fault != CUDA_SUCCESS) w.launch->fault = fault;
+  glmv_emu_switch(&w.current->sp, w.scheduler_sp);
+  __builtin_unreachable();
+}
+
 // Hands the worker on from `from`, which waits or is done: to the next runnable fiber of the scheduler's pass (in
 // its direction), else back to the scheduler. Returns when `from` is resumed.
 void pass_on(Worker& w, Fiber& from) {
@@ -380,10 +389,7 @@ void on_segv(int sig, siginfo_t* info, void*) {
   else
     snprintf(what, sizeof what, "invalid memory access at %p (outside every allocation, or past its end)",
              info->si_addr);
-  block_error(*w, what);
-  w->launch->fault = CUDA_ERROR_ILLEGAL_ADDRESS;
-  // Abandon the fiber: back to the scheduler, which stops this block.
-  glmv_emu_switch(&f.sp, w->scheduler_sp);
+  abandon_thread(*w, what, CUDA_ERROR_ILLEGAL_ADDRESS);
 }
 
 void install_segv_handler() {
@@ -408,13 +414,7 @@ extern "C" void glmv_emu_syncthreads() {
   pass_on(w, f);  // waits: its state says on what
 }
 
-extern "C" [[noreturn]] void glmv_emu_fail(const char* what) {
-  Worker& w = *tls_worker;
-  Fiber& f = *w.current;
-  block_error(w, what);
-  glmv_emu_switch(&f.sp, w.scheduler_sp);
-  __builtin_unreachable();
-}
+extern "C" [[noreturn]] void glmv_emu_fail(const char* what) { abandon_thread(*tls_worker, what); }
 
 // What GCC's -fsanitize=alignment passes its handler (the layout of its libubsan ABI, version 1).
 struct UbsanLocation {
@@ -432,7 +432,7 @@ struct UbsanTypeMismatch {
 };
 
 // A kernel accessed `pointer` as a type that it is not aligned for. Kernels are linked without libubsan, so their
-// checks land here.
+// checks land here (build.sh makes them not recoverable, so only this entry point is called).
 extern "C" [[noreturn]] void __ubsan_handle_type_mismatch_v1_abort(UbsanTypeMismatch* data, uintptr_t pointer) {
   Worker* w = tls_worker;
   if (w == nullptr || w->current == nullptr || w->launch == nullptr) abort();
@@ -440,13 +440,7 @@ extern "C" [[noreturn]] void __ubsan_handle_type_mismatch_v1_abort(UbsanTypeMism
   snprintf(what, sizeof what, "misaligned address: %p accessed as %s (%u-byte alignment) at %s:%u:%u",
            reinterpret_cast<void*>(pointer), data->type->name, 1u << data->log_alignment, data->at.file,
            data->at.line, data->at.column);
-  block_error(*w, what);
-  w->launch->fault = CUDA_ERROR_MISALIGNED_ADDRESS;
-  glmv_emu_switch(&w->current->sp, w->scheduler_sp);
-  __builtin_unreachable();
-}
-extern "C" void __ubsan_handle_type_mismatch_v1(UbsanTypeMismatch* data, uintptr_t pointer) {
-  __ubsan_handle_type_mismatch_v1_abort(data, pointer);
+  abandon_thread(*w, what, CUDA_ERROR_MISALIGNED_ADDRESS);
 }
 
 extern "C" void glmv_emu_warp_collective(unsigned mask, const void* kind, void* operand,

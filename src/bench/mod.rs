@@ -237,7 +237,7 @@ fn get_json(origin: &http::Origin, path: &str) -> BenchResult<Value> {
     let status = response.status;
     let body = response.text().map_err(failed)?;
     if status != 200 {
-        return Err(format!("GET {path}: HTTP {status}: {body}").into());
+        return Err(format!("{at}: HTTP {status}: {body}").into());
     }
     Ok(serde_json::from_str(&body)?)
 }
