@@ -59,6 +59,8 @@ pub trait Service {
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
+/// How long a closing connection is drained for after its last response (see `Conn::lingering_since`).
+const LINGER: Duration = Duration::from_secs(2);
 
 enum State {
     /// Reading a request; `since` is when its first byte came.
@@ -80,6 +82,10 @@ struct Conn {
     keep_alive: bool,
     /// Close once `write` is flushed.
     closing: bool,
+    /// When the response before a close was flushed and the write side shut: the connection is then drained until
+    /// the client closes (or [`LINGER`] passes), since closing with unread bytes (the rest of a refused body) makes
+    /// the kernel reset the connection and the client can lose the response.
+    lingering_since: Option<Instant>,
     last_active: Instant,
     writable_interest: bool,
 }
@@ -198,6 +204,7 @@ impl Server {
                     state: State::Reading { since: None, continue_sent: false },
                     keep_alive: true,
                     closing: false,
+                    lingering_since: None,
                     last_active: Instant::now(),
                     writable_interest: false,
                 },
@@ -220,6 +227,9 @@ impl Server {
                     conn.last_active = Instant::now();
                     if let State::Reading { since, .. } = &mut conn.state {
                         since.get_or_insert(Instant::now());
+                    }
+                    if conn.lingering_since.is_some() {
+                        continue; // drained: the response is sent
                     }
                     conn.read.extend_from_slice(&buf[..n]);
                     if conn.read.len() > limit {
@@ -349,8 +359,9 @@ impl Server {
             let _ = self.poll.registry().reregister(&mut conn.stream, token, interest);
             conn.writable_interest = want_write;
         }
-        if conn.write.is_empty() && conn.closing {
-            self.close(token);
+        if conn.write.is_empty() && conn.closing && conn.lingering_since.is_none() {
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+            conn.lingering_since = Some(Instant::now());
         }
     }
 
@@ -358,6 +369,12 @@ impl Server {
         let now = Instant::now();
         let mut late = Vec::new();
         for (t, c) in &self.conns {
+            if let Some(since) = c.lingering_since {
+                if now - since > LINGER {
+                    late.push((*t, false));
+                }
+                continue;
+            }
             if let State::Reading { since, .. } = c.state {
                 if since.is_some_and(|s| now - s > self.config.request_timeout) {
                     late.push((*t, true));
