@@ -115,3 +115,55 @@ extern "C" __global__ void quantize_fp8_codes(const float* x, int cols, int grou
   float scale = quantize_group(x, cols, group, [&](size_t i, __nv_fp8_e4m3 q, float) { codes[i] = q.__x; });
   if (threadIdx.x == 0) scales[(size_t)blockIdx.x * gridDim.y + blockIdx.y] = scale;
 }
+
+// --load-format dummy: a weight's random values made where it lives instead of on the host and copied. Word i of a
+// tensor is splitmix64's i-th output for the tensor's seed, and its values are made from it exactly as the host
+// makes them (runtime/src/weights/dummy.rs fill_words), so both give the same bytes. Kinds: 0 FP8 codes (8 a word),
+// 1 BF16 uniform in [-a, a] (2 a word), 2 F32 uniform in [-a, a] (2 a word).
+__device__ __forceinline__ uint64_t dummy_word(uint64_t seed, uint64_t i) {
+  uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// 24 random bits to [-1, 1): exact steps (an integer below 2^24, a power-of-two scale, a difference of two values
+// on the same 2^-23 grid), then the one rounded product.
+__device__ __forceinline__ float dummy_uniform(uint64_t bits, float a) {
+  float unit = (float)(uint32_t)(bits & 0xffffff) * (1.0f / 8388608.0f) - 1.0f;
+  return __fmul_rn(a, unit);
+}
+
+__device__ __forceinline__ uint32_t dummy_bf16_bits(float x) {  // round to nearest even, as the host does
+  uint32_t b = __float_as_uint(x);
+  return (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+}
+
+extern "C" __global__ void dummy_fill(uint8_t* out, size_t n, uint64_t seed, int kind, float a) {
+  const size_t word_bytes = kind == 1 ? 4 : 8;
+  const size_t words = (n + word_bytes - 1) / word_bytes;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < words; i += (size_t)gridDim.x * blockDim.x) {
+    uint64_t r = dummy_word(seed, i), v;
+    if (kind == 0) {
+      v = 0;
+      for (int j = 0; j < 8; j++) {
+        // Sign bit, then one of the 56 codes with exponent field 0..=6 (magnitudes below one, no NaN).
+        uint32_t b = (uint32_t)(r >> (8 * j)) & 0xffu;
+        v |= (uint64_t)((b & 0x80u) | ((b & 0x3fu) * 7u / 8u)) << (8 * j);
+      }
+    } else if (kind == 1) {
+      v = dummy_bf16_bits(dummy_uniform(r >> 40, a)) | (dummy_bf16_bits(dummy_uniform(r >> 8, a)) << 16);
+    } else {
+      v = (uint64_t)__float_as_uint(dummy_uniform(r >> 40, a)) |
+          ((uint64_t)__float_as_uint(dummy_uniform(r >> 8, a)) << 32);
+    }
+    uint8_t* w = out + i * word_bytes;
+    if ((i + 1) * word_bytes <= n && word_bytes == 8) {
+      *reinterpret_cast<uint64_t*>(w) = v;
+    } else if ((i + 1) * word_bytes <= n) {
+      *reinterpret_cast<uint32_t*>(w) = (uint32_t)v;
+    } else {
+      for (size_t j = 0; i * word_bytes + j < n; j++) w[j] = (uint8_t)(v >> (8 * j));  // the tensor's last bytes
+    }
+  }
+}

@@ -109,7 +109,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 75.0)]
     idle_timeout: f64,
     /// `auto`/`safetensors` read the checkpoint's weights; `dummy` makes seeded random weights of the shapes and
-    /// dtypes config.json implies (for benchmarks: only config.json, the tokenizer and the template are read).
+    /// dtypes config.json implies (for benchmarks: only config.json, the tokenizer and the template are read; the
+    /// CUDA backend makes the projections' values on the device).
     #[arg(long, default_value = "auto", value_parser = ["auto", "safetensors", "dummy"])]
     load_format: String,
     /// FP8 checkpoints: `exact` multiplies exact activations by the dequantised weights (transformers' numbers);

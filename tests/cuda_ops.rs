@@ -13,7 +13,7 @@ use glmv_runtime::{
         cuda::CudaBackend, AttentionShape, Backend, CpuBackend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype,
         MlpSource, Rope, Routing, SeqSpan,
     },
-    config::{InputQuant, RopeLayout},
+    config::{InputQuant, ModelConfig, RopeLayout, WeightQuant},
     engine::sampler::Draw,
     weights::{LinearSource, WeightStore},
 };
@@ -241,6 +241,58 @@ fn elementwise_ops_match_cpu() {
         for ((name, g), w) in names.iter().zip(&got).zip(&want) {
             close(&format!("{name} [{rows}, {cols}]"), g, w, TOL);
         }
+    }
+}
+
+/// `--load-format dummy` weights are made on the device, not on the host and copied, and are the very bytes the
+/// host makes (the CPU backend reads those): every linear weight of dummy stores of three fixture configs and of one
+/// with odd widths (the last random word of a tensor only partly used), read back through the embedding gather.
+#[test]
+fn dummy_weights_made_on_the_device_match_the_host() {
+    let Some(gpu) = device() else { return };
+    let fixture =
+        |name: &str| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).join("checkpoint");
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(fixture(name).join("config.json")).unwrap()).unwrap()
+    };
+    let mut odd = read("moe_fp8_channel");
+    for (key, value) in [("hidden_size", 99), ("vocab_size", 449), ("intermediate_size", 161)] {
+        odd["text_config"][key] = value.into();
+    }
+    odd["vision_config"]["out_hidden_size"] = 99.into();
+    let configs = ["dense_bf16", "moe_fp8_block", "moe_fp8_channel"].map(|n| (n.to_string(), read(n)));
+    for (name, json) in configs.into_iter().chain([("odd widths".to_string(), odd)]) {
+        let config = ModelConfig::from_json(&json, None).unwrap();
+        let block = config.quantization.as_ref().and_then(|q| match q.weights {
+            WeightQuant::Block { block } => Some(block),
+            WeightQuant::PerChannel => None,
+        });
+        let store = WeightStore::dummy(&config, 11);
+        let mut names: Vec<String> = store
+            .names()
+            .filter(|n| n.ends_with(".weight") && store.get(n).unwrap().shape.len() == 2)
+            .map(String::from)
+            .collect();
+        names.sort();
+        let (mut fp8, mut odd_tails) = (0, 0);
+        for weight in &names {
+            let t = store.get(weight).unwrap();
+            let (out, inp) = (t.shape[0], t.shape[1]);
+            let src = store.linear(weight.strip_suffix(".weight").unwrap(), out, inp, false, block).unwrap();
+            fp8 += usize::from(t.dtype == glmv_runtime::weights::Dtype::F8E4M3);
+            odd_tails += usize::from(!t.bytes.len().is_multiple_of(8));
+            let on_gpu = gpu.linear(std::slice::from_ref(&src)).unwrap();
+            assert!(src.weight.tensor().bytes.is_pending(), "{name}: {weight} was made on the host for the device");
+            let ids: Vec<u32> = (0..out as u32).collect();
+            let got = gpu.to_host(&gpu.embed(&on_gpu, &ids).unwrap()).unwrap();
+            let on_cpu = CpuBackend.linear(&[src]).unwrap();
+            let want = CpuBackend.to_host(&CpuBackend.embed(&on_cpu, &ids).unwrap()).unwrap();
+            let same = got.iter().zip(&want).filter(|(g, w)| g.to_bits() == w.to_bits()).count();
+            assert_eq!(same, want.len(), "{name}: {weight} {:?}: {same} of {} values equal", t.shape, want.len());
+        }
+        eprintln!("{name}: {} weights ({fp8} FP8, {odd_tails} with a partial last word) equal", names.len());
+        assert!(names.len() > 10 && (fp8 > 0) == (name != "dense_bf16"), "{name}: {} weights, {fp8} FP8", names.len());
+        assert!(name != "odd widths" || odd_tails > 0, "no tensor ends inside a random word");
     }
 }
 

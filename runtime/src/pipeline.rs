@@ -124,7 +124,7 @@ impl<B: Backend> Pipeline<B> {
             LoadFormat::Dummy { seed } => {
                 let store = WeightStore::dummy(&config, seed);
                 progress(&format!(
-                    "dummy weights: {:.2} GB of random values, made tensor by tensor",
+                    "dummy weights: {:.2} GB of random values, each tensor made where it is used",
                     store.total_bytes() as f64 / 1e9
                 ));
                 store
@@ -147,6 +147,14 @@ impl<B: Backend> Pipeline<B> {
         let model = TextModel::load(&backend, &config, &store, input, progress)?;
         let vision = VisionTower::load(&backend, &config.vision, &store)?;
         progress("loaded vision tower");
+        if let Some(host) = store.dummy_bytes_made_on_host() {
+            progress(&format!(
+                "dummy weights: {:.2} GB made on the host, {:.2} GB by the {} backend itself",
+                host as f64 / 1e9,
+                store.total_bytes().saturating_sub(host) as f64 / 1e9,
+                backend.name()
+            ));
+        }
         Ok(Pipeline { kv_dtype: KvDtype::F32, config, tokenizer, model, vision, backend })
     }
 

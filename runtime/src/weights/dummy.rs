@@ -1,11 +1,18 @@
 //! `--load-format dummy`: every tensor a checkpoint of this config holds ([`bf16_layout`]), in the dtypes its
-//! quantization scheme gives them, filled on demand with seeded random values of a tame scale. How the real
+//! quantization scheme gives them, filled with seeded random values of a tame scale where they are used: on the host
+//! when read there, on a device by a backend that can (the CUDA backend), the same bytes either way. How the real
 //! GLM-4.5V shapes are benchmarked without a checkpoint (SGLang's `--load-format dummy`); the values mean nothing.
 //!
 //! FP8 placement follows the FP8 checkpoints (reference/model.md §7): the language model's attention, dense MLP,
 //! expert and shared-expert projections are F8_E4M3 with F32 scales; embeddings, lm_head, the router, norms,
 //! biases and the whole vision tower stay BF16.
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use super::{
     f32_to_bf16_rne,
@@ -17,12 +24,13 @@ use crate::{
     Error, Result,
 };
 
-/// Elements generated per independently seeded chunk; large tensors fill their chunks on several threads (an
-/// expert's projection of GLM-4.5V, 5.8M elements, on 16 or more).
-const CHUNK: usize = 1 << 18;
+/// Bytes made per task when a large tensor is made on the host's threads.
+const CHUNK_BYTES: usize = 1 << 19;
 
+/// How a dummy tensor's values are made. Each 64-bit random word gives [`Fill::word_bytes`] bytes, so any range of
+/// a tensor can be made on its own, the same on the host and on a device.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Fill {
+pub(crate) enum Fill {
     /// Uniform in [-a, a], BF16.
     Bf16Uniform(f32),
     /// Uniform in [-a, a], F32.
@@ -48,10 +56,71 @@ impl DummyTensor {
     }
 }
 
+impl Fill {
+    /// Bytes made from one random word.
+    fn word_bytes(self) -> usize {
+        match self {
+            Fill::Fp8Codes | Fill::F32Uniform(_) => 8,
+            Fill::Bf16Uniform(_) => 4,
+            Fill::Bf16Ones => 2,
+            Fill::F32Const(_) => 4,
+        }
+    }
+}
+
+/// A dummy tensor's bytes: its recipe, made on the host only when something reads them there. A backend that can
+/// make them where they will live (the CUDA backend's `dummy_fill` kernel) never asks for them here.
+pub(crate) struct Generated {
+    pub(crate) fill: Fill,
+    pub(crate) seed: u64,
+    pub(crate) len: usize,
+    host: std::sync::OnceLock<Box<[u8]>>,
+    /// The store's count of bytes made on the host.
+    made_on_host: Arc<AtomicU64>,
+}
+
+impl Generated {
+    pub(crate) fn host_bytes(&self) -> &[u8] {
+        self.host.get_or_init(|| {
+            self.made_on_host.fetch_add(self.len as u64, Ordering::Relaxed);
+            make(self.fill, self.seed, self.len)
+        })
+    }
+
+    pub(crate) fn is_made_on_host(&self) -> bool {
+        self.host.get().is_some()
+    }
+}
+
+/// `len` bytes of `fill`, on the host's threads when there are many (a 108 GB checkpoint is made at every start).
+fn make(fill: Fill, seed: u64, len: usize) -> Box<[u8]> {
+    let mut bytes = vec![0u8; len];
+    let word = fill.word_bytes();
+    let fill_chunk = |(i, out): (usize, &mut [u8])| fill_words(fill, seed, (i * CHUNK_BYTES / word) as u64, out);
+    let chunks = bytes.chunks_mut(CHUNK_BYTES).enumerate();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if len <= 4 * CHUNK_BYTES || threads == 1 {
+        chunks.for_each(fill_chunk);
+    } else {
+        // Round-robin the chunks over the threads; each chunk's values depend only on where it starts.
+        let mut lanes: Vec<Vec<(usize, &mut [u8])>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, chunk) in chunks {
+            lanes[i % threads].push((i, chunk));
+        }
+        std::thread::scope(|s| {
+            for lane in lanes {
+                s.spawn(move || lane.into_iter().for_each(fill_chunk));
+            }
+        });
+    }
+    bytes.into_boxed_slice()
+}
+
 /// The tensors of a dummy checkpoint, made when asked for.
 pub(crate) struct DummyWeights {
     tensors: HashMap<String, DummyTensor>,
     seed: u64,
+    made_on_host: Arc<AtomicU64>,
 }
 
 /// Whether the FP8 checkpoints store this tensor in FP8: the language model's 2-D projections but the router.
@@ -93,7 +162,7 @@ impl DummyWeights {
             }
             tensors.insert(t.name, DummyTensor { shape: t.shape, fill: Fill::Fp8Codes });
         }
-        DummyWeights { tensors, seed }
+        DummyWeights { tensors, seed, made_on_host: Default::default() }
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {
@@ -104,35 +173,29 @@ impl DummyWeights {
         self.tensors.keys().map(String::as_str)
     }
 
+    /// Bytes of tensors made on the host so far (the rest were made on a device, or not asked for).
+    pub(crate) fn made_on_host(&self) -> u64 {
+        self.made_on_host.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn total_bytes(&self) -> u64 {
         self.tensors.values().map(|t| (t.shape.iter().product::<usize>() * t.dtype().size().unwrap_or(1)) as u64).sum()
     }
 
+    /// The tensor, its bytes to be made when read (see [`Generated`]).
     pub(crate) fn get(&self, name: &str) -> Result<HostTensor> {
         let t = self.tensors.get(name).ok_or_else(|| Error::MissingTensor { name: name.to_string() })?;
         let dtype = t.dtype();
-        let numel: usize = t.shape.iter().product();
-        let size = dtype.size().unwrap_or(1);
-        let mut bytes = vec![0u8; numel * size];
+        let len = t.shape.iter().product::<usize>() * dtype.size().unwrap_or(1);
         let seed = self.seed ^ fnv1a(name.as_bytes());
-        let fill_chunk = |(i, out): (usize, &mut [u8])| fill(t.fill, seed.wrapping_add(i as u64), out);
-        let chunks = bytes.chunks_mut(CHUNK * size).enumerate();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if numel <= 4 * CHUNK || threads == 1 {
-            chunks.for_each(fill_chunk);
-        } else {
-            // Round-robin the chunks over the threads; each chunk's values depend only on its index.
-            let mut lanes: Vec<Vec<(usize, &mut [u8])>> = (0..threads).map(|_| Vec::new()).collect();
-            for (i, chunk) in chunks {
-                lanes[i % threads].push((i, chunk));
-            }
-            std::thread::scope(|s| {
-                for lane in lanes {
-                    s.spawn(move || lane.into_iter().for_each(fill_chunk));
-                }
-            });
-        }
-        Ok(HostTensor { name: name.to_string(), dtype, shape: t.shape.clone(), bytes: MappedBytes::owned(bytes) })
+        let made_on_host = self.made_on_host.clone();
+        let generated = Generated { fill: t.fill, seed, len, host: Default::default(), made_on_host };
+        Ok(HostTensor {
+            name: name.to_string(),
+            dtype,
+            shape: t.shape.clone(),
+            bytes: MappedBytes::generated(generated),
+        })
     }
 }
 
@@ -140,69 +203,56 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
-/// xorshift64* from a seed mixed by splitmix64 (a zero seed would stick at zero).
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Two values uniform in [-1, 1) (24 bits each).
-    fn symmetric_pair(&mut self) -> [f32; 2] {
-        let r = self.next();
-        let unit = |bits: u64| (bits & 0xff_ffff) as f32 / (1u64 << 23) as f32 - 1.0;
-        [unit(r >> 40), unit(r >> 8)]
-    }
+/// Random word `i` of the tensor seeded `seed`: splitmix64's `i`-th output (kernels-cuda/elementwise.cu
+/// dummy_word makes the same).
+pub(crate) fn word(seed: u64, i: u64) -> u64 {
+    let mut z = seed.wrapping_add((i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
-/// Fills `out` with `kind`'s values; several values per random draw (a 108 GB checkpoint is made at every start).
-fn fill(kind: Fill, seed: u64, out: &mut [u8]) {
-    let mut rng = Rng::new(seed);
+/// 24 random bits to [-1, 1) times `a`: every step exact but the last product, so a GPU makes the same value.
+fn uniform(bits: u64, a: f32) -> f32 {
+    a * ((bits & 0xff_ffff) as f32 / (1u64 << 23) as f32 - 1.0)
+}
+
+/// Fills `out`, which starts at random word `first_word` of the tensor, with `kind`'s values.
+fn fill_words(kind: Fill, seed: u64, first_word: u64, out: &mut [u8]) {
+    let words = out.chunks_mut(kind.word_bytes()).zip(first_word..);
     match kind {
         Fill::Bf16Uniform(a) => {
-            for pair in out.chunks_mut(4) {
-                let v = rng.symmetric_pair();
-                for (bytes, v) in pair.chunks_exact_mut(2).zip(v) {
-                    bytes.copy_from_slice(&f32_to_bf16_rne(a * v).to_le_bytes());
+            for (pair, i) in words {
+                let r = word(seed, i);
+                for (bytes, bits) in pair.chunks_exact_mut(2).zip([r >> 40, r >> 8]) {
+                    bytes.copy_from_slice(&f32_to_bf16_rne(uniform(bits, a)).to_le_bytes());
+                }
+            }
+        }
+        Fill::F32Uniform(a) => {
+            for (pair, i) in words {
+                let r = word(seed, i);
+                for (bytes, bits) in pair.chunks_exact_mut(4).zip([r >> 40, r >> 8]) {
+                    bytes.copy_from_slice(&uniform(bits, a).to_le_bytes());
+                }
+            }
+        }
+        Fill::Fp8Codes => {
+            for (codes, i) in words {
+                for (v, b) in codes.iter_mut().zip(word(seed, i).to_le_bytes()) {
+                    // Sign bit, then one of the 56 codes with exponent field 0..=6 (magnitudes below one, no NaN).
+                    *v = (b & 0x80) | (u16::from(b & 0x3f) * 7 / 8) as u8;
                 }
             }
         }
         Fill::Bf16Ones => {
-            for v in out.chunks_exact_mut(2) {
+            for (v, _) in words {
                 v.copy_from_slice(&f32_to_bf16_rne(1.0).to_le_bytes());
             }
         }
-        Fill::F32Uniform(a) => {
-            for pair in out.chunks_mut(8) {
-                let v = rng.symmetric_pair();
-                for (bytes, v) in pair.chunks_exact_mut(4).zip(v) {
-                    bytes.copy_from_slice(&(a * v).to_le_bytes());
-                }
-            }
-        }
         Fill::F32Const(c) => {
-            for v in out.chunks_exact_mut(4) {
+            for (v, _) in words {
                 v.copy_from_slice(&c.to_le_bytes());
-            }
-        }
-        Fill::Fp8Codes => {
-            for codes in out.chunks_mut(8) {
-                let r = rng.next().to_le_bytes();
-                for (v, b) in codes.iter_mut().zip(r) {
-                    // Sign bit, then one of the 56 codes with exponent field 0..=6 (magnitudes below one, no NaN).
-                    *v = (b & 0x80) | (u16::from(b & 0x3f) * 7 / 8) as u8;
-                }
             }
         }
     }
@@ -270,15 +320,37 @@ mod tests {
         assert!((mean_abs - bound / 2.0).abs() < bound * 0.05, "uniform in [-{bound}, {bound}]: mean |x| {mean_abs}");
     }
 
-    /// Large tensors are filled on several threads; the values do not depend on how many.
+    /// Large tensors are made on several threads and a device makes any range of one on its own: every byte
+    /// depends only on the seed and where it is, down to a last partial word.
     #[test]
-    fn threaded_fill_matches_the_serial_one() {
-        let t = DummyTensor { shape: vec![5 * CHUNK + 3], fill: Fill::Bf16Uniform(0.5) };
-        let weights = DummyWeights { tensors: HashMap::from([("x".to_string(), t)]), seed: 3 };
-        let got = weights.get("x").unwrap();
-        let seed = 3 ^ fnv1a(b"x");
-        let mut want = vec![0u8; (5 * CHUNK + 3) * 2];
-        want.chunks_mut(CHUNK * 2).enumerate().for_each(|(i, c)| fill(Fill::Bf16Uniform(0.5), seed + i as u64, c));
-        assert!(got.bytes[..] == want[..]);
+    fn values_depend_only_on_their_position() {
+        for fill in
+            [Fill::Bf16Uniform(0.5), Fill::F32Uniform(0.01), Fill::Fp8Codes, Fill::Bf16Ones, Fill::F32Const(3.0)]
+        {
+            let element = if fill == Fill::Fp8Codes { 1 } else { fill.word_bytes().min(4) };
+            let len = (5 * CHUNK_BYTES + 3 * element).next_multiple_of(element);
+            let threaded = make(fill, 9, len);
+            let mut serial = vec![0u8; len];
+            fill_words(fill, 9, 0, &mut serial);
+            assert!(threaded[..] == serial[..], "{fill:?}");
+            let from = 12345 * fill.word_bytes();
+            let mut tail = vec![0u8; len - from];
+            fill_words(fill, 9, 12345, &mut tail);
+            assert!(tail[..] == serial[from..], "{fill:?}");
+        }
+    }
+
+    /// A dummy tensor's bytes are made when read on the host, not before (a device backend makes them itself).
+    #[test]
+    fn bytes_are_made_when_read() {
+        let config = ModelConfig::from_dir(&fixture("dense_bf16")).unwrap();
+        let store = WeightStore::dummy(&config, 5);
+        let t = store.get("model.language_model.embed_tokens.weight").unwrap();
+        assert_eq!(t.bytes.len(), 416 * 64 * 2);
+        assert!(t.bytes.is_pending());
+        let copy = t.clone();
+        assert_eq!(t.to_f32_vec().unwrap().len(), 416 * 64);
+        assert!(!copy.bytes.is_pending(), "clones share the bytes made once");
+        assert_eq!(store.dummy_bytes_made_on_host(), Some(416 * 64 * 2));
     }
 }

@@ -2,7 +2,7 @@
 //! `weight_scale` or block `weight_scale_inv`). Tensors are handed to backends as views into the memory map, so a
 //! multi-GB checkpoint is never copied into RAM wholesale; each backend converts what it needs.
 mod dtype;
-mod dummy;
+pub(crate) mod dummy;
 pub mod layout;
 mod linear;
 mod safetensors;
@@ -25,7 +25,7 @@ use safetensors::{SafetensorsFile, TensorInfo};
 
 use crate::{config::read_json, Error, Result};
 
-/// Bytes of one tensor: a range of a shared memory map, or bytes made in memory (dummy weights).
+/// Bytes of one tensor: a range of a shared memory map, or the bytes of a dummy tensor, made when first read.
 #[derive(Clone)]
 pub struct MappedBytes {
     backing: Backing,
@@ -36,13 +36,37 @@ pub struct MappedBytes {
 #[derive(Clone)]
 enum Backing {
     Map(Arc<Mmap>),
-    Owned(Arc<[u8]>),
+    Generated(Arc<dummy::Generated>),
 }
 
 impl MappedBytes {
-    pub(crate) fn owned(bytes: Vec<u8>) -> Self {
-        let end = bytes.len();
-        MappedBytes { backing: Backing::Owned(bytes.into()), start: 0, end }
+    fn generated(g: dummy::Generated) -> Self {
+        let end = g.len;
+        MappedBytes { backing: Backing::Generated(Arc::new(g)), start: 0, end }
+    }
+
+    /// The number of bytes, without making a dummy tensor's.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether these are a dummy tensor's bytes not yet made on the host (a backend that makes them on its device
+    /// never makes them here).
+    pub fn is_pending(&self) -> bool {
+        matches!(&self.backing, Backing::Generated(g) if !g.is_made_on_host())
+    }
+
+    /// How to make these bytes, where they are a dummy tensor's.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn recipe(&self) -> Option<&dummy::Generated> {
+        match &self.backing {
+            Backing::Generated(g) => Some(g),
+            Backing::Map(_) => None,
+        }
     }
 }
 
@@ -51,7 +75,7 @@ impl Deref for MappedBytes {
     fn deref(&self) -> &[u8] {
         match &self.backing {
             Backing::Map(map) => &map[self.start..self.end],
-            Backing::Owned(bytes) => &bytes[self.start..self.end],
+            Backing::Generated(g) => &g.host_bytes()[self.start..self.end],
         }
     }
 }
@@ -186,6 +210,11 @@ impl WeightStore {
 
     pub fn total_bytes(&self) -> u64 {
         self.total_bytes
+    }
+
+    /// With `--load-format dummy`, the bytes made on the host so far: what a device backend did not make itself.
+    pub fn dummy_bytes_made_on_host(&self) -> Option<u64> {
+        self.dummy.as_ref().map(|d| d.made_on_host())
     }
 
     pub fn get(&self, name: &str) -> Result<HostTensor> {

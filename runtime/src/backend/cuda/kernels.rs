@@ -50,6 +50,8 @@ pub struct Kernels<F = CudaFunction> {
     pub quantize_fp8_rows: F,
     pub quantize_fp8_codes: F,
     pub rope_qkv: F,
+    /// `--load-format dummy` weights made on the device.
+    pub dummy_fill: F,
     /// Every attention kernel by what glmv-codegen calls it: the generic ones (kernels-cuda/attention.cu) and those
     /// compiled for the head shapes of the models glmv serves.
     pub attention: Vec<(AttentionKernel, F)>,
@@ -132,6 +134,7 @@ impl<F> Kernels<F> {
             quantize_fp8_rows: f("elementwise", "quantize_fp8_rows")?,
             quantize_fp8_codes: f("elementwise", "quantize_fp8_codes")?,
             rope_qkv: f("attention", "rope_qkv")?,
+            dummy_fill: f("elementwise", "dummy_fill")?,
             attention: KvDtype::ALL
                 .map(|kv| (AttentionKernel { kv, head_dim: None, group: None }, "attention"))
                 .into_iter()

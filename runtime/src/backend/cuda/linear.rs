@@ -121,7 +121,7 @@ impl CudaLinear {
             };
             parts.push(Part {
                 dtype,
-                weight: be.upload_slice(&t.bytes)?,
+                weight: be.upload_weight(&t.bytes)?,
                 scale: scale.map(|s| be.upload_slice(&s)).transpose()?,
                 block,
                 rows,

@@ -29,7 +29,7 @@ use super::{
 use crate::{
     config::RopeLayout,
     engine::sampler::Draw,
-    weights::{HostTensor, LinearSource},
+    weights::{dummy::Fill, HostTensor, LinearSource, MappedBytes},
     Error, Result,
 };
 
@@ -226,6 +226,30 @@ impl CudaBackend {
             return unsafe { self.stream.alloc::<T>(1) }.map_err(device_err);
         }
         self.stream.clone_htod(data).map_err(device_err)
+    }
+
+    /// A weight's bytes on the device. A dummy tensor's random values are made there (`dummy_fill`, the same bytes
+    /// the host would make) instead of on the host and copied: GLM-4.5V-FP8's 108 GB in a fraction of a second.
+    fn upload_weight(&self, bytes: &MappedBytes) -> Result<CudaSlice<u8>> {
+        let Some(recipe) = bytes.recipe() else { return self.upload_slice(bytes) };
+        let kind = match recipe.fill {
+            Fill::Fp8Codes => (0i32, 0f32),
+            Fill::Bf16Uniform(a) => (1, a),
+            Fill::F32Uniform(a) => (2, a),
+            // Constants (norms, scales) are small and read on the host anyway.
+            Fill::Bf16Ones | Fill::F32Const(_) => return self.upload_slice(bytes),
+        };
+        let (seed, n) = (recipe.seed, bytes.len());
+        let out = self.alloc_slice::<u8>(n)?;
+        let op = self.ptr(&out);
+        let mut b = self.stream.launch_builder(&self.k.dummy_fill);
+        b.arg(&op).arg(&n).arg(&seed).arg(&kind.0).arg(&kind.1);
+        let threads = n.div_ceil(if kind.0 == 1 { 4 } else { 8 });
+        let cfg =
+            LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1), ..self.launch_rows(1) };
+        // SAFETY: matches kernels-cuda/elementwise.cu dummy_fill, which writes the n bytes of `out`.
+        unsafe { b.launch(cfg) }.map_err(device_err)?;
+        Ok(out)
     }
 
     fn launch_rows(&self, rows: usize) -> LaunchConfig {
