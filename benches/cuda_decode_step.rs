@@ -1,70 +1,20 @@
 //! Per-operation timings of one GLM-4.5V-FP8 decode step (batch 1) on the CUDA backend, with random weights of the
 //! real shapes, and the whole-step estimate against the weight-bandwidth floor. Run on a GPU machine:
 //! `cargo bench --features cuda --bench cuda_decode_step` (or the built binary). Prints a Markdown table.
-use std::{path::PathBuf, time::Instant};
+use std::time::Instant;
 
 use glmv_runtime::{
     backend::{
         cuda::{CudaBackend, CudaBatch, CudaExperts, CudaKvCache, CudaLinear, CudaMlp, CudaTensor},
         AttentionShape, Backend, ExpertsSource, ForwardBatch, KvCacheSpec, KvDtype, MlpSource, Rope, Routing, SeqSpan,
     },
-    config::{InputQuant, RopeLayout},
+    config::{
+        known::{KnownModel, Precision},
+        InputQuant, ModelConfig, RopeLayout,
+    },
     engine::sampler::Draw,
     weights::WeightStore,
 };
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// FP8 bytes of small magnitude, never NaN.
-    fn fp8(&mut self, n: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(n + 8);
-        while v.len() < n {
-            v.extend((self.next() & 0xb7b7_b7b7_b7b7_b7b7).to_le_bytes());
-        }
-        v.truncate(n);
-        v
-    }
-    fn bf16(&mut self, n: usize, scale: f32) -> Vec<u8> {
-        let mut v = Vec::with_capacity(2 * n);
-        for _ in 0..n {
-            let x = ((self.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale;
-            v.extend_from_slice(&((x.to_bits() >> 16) as u16).to_le_bytes());
-        }
-        v
-    }
-    fn f32(&mut self, n: usize, scale: f32) -> Vec<u8> {
-        (0..n).flat_map(|_| (((self.next() >> 40) as f32 / (1u64 << 24) as f32) * scale).to_le_bytes()).collect()
-    }
-}
-
-/// Writes tensors (name, dtype, shape, bytes) as one safetensors file and opens it.
-fn write(path: &PathBuf, tensors: Vec<(String, &str, Vec<usize>, Vec<u8>)>) -> WeightStore {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0;
-    for (name, dtype, shape, bytes) in &tensors {
-        header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes.len()]}),
-        );
-        offset += bytes.len();
-    }
-    let header = serde_json::to_vec(&header).unwrap();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    use std::io::Write;
-    f.write_all(&(header.len() as u64).to_le_bytes()).unwrap();
-    f.write_all(&header).unwrap();
-    for (_, _, _, bytes) in &tensors {
-        f.write_all(bytes).unwrap();
-    }
-    drop(f);
-    WeightStore::open_file(path).unwrap()
-}
 
 fn time<F: FnMut()>(be: &CudaBackend, iters: usize, mut f: F) -> f64 {
     f();
@@ -85,36 +35,19 @@ fn main() {
             return;
         }
     };
-    let (h, heads, kv, d, inter, moe_inter, experts, vocab) = (4096, 96, 8, 128, 10944, 1408, 128, 151552);
-    let mut rng = Rng(0x1234_5678_9abc_def1);
-    let fp8 = |rng: &mut Rng, name: &str, o: usize, i: usize| {
-        vec![
-            (format!("{name}.weight"), "F8_E4M3", vec![o, i], rng.fp8(o * i)),
-            (format!("{name}.weight_scale"), "F32", vec![o, 1], rng.f32(o, 0.01)),
-        ]
-    };
-    let mut t = Vec::new();
-    for (n, o) in [("q", heads * d), ("k", kv * d), ("v", kv * d)] {
-        t.extend(fp8(&mut rng, n, o, h));
-        t.push((format!("{n}.bias"), "BF16", vec![o], rng.bf16(o, 0.1)));
-    }
-    t.extend(fp8(&mut rng, "o", h, heads * d));
-    for (n, i) in [("dense", inter), ("shared", moe_inter)] {
-        t.extend(fp8(&mut rng, &format!("{n}.gate_proj"), i, h));
-        t.extend(fp8(&mut rng, &format!("{n}.up_proj"), i, h));
-        t.extend(fp8(&mut rng, &format!("{n}.down_proj"), h, i));
-    }
-    for e in 0..experts {
-        t.extend(fp8(&mut rng, &format!("e{e}.gate_proj"), moe_inter, h));
-        t.extend(fp8(&mut rng, &format!("e{e}.up_proj"), moe_inter, h));
-        t.extend(fp8(&mut rng, &format!("e{e}.down_proj"), h, moe_inter));
-    }
-    t.push(("router".into(), "BF16", vec![experts, h], rng.bf16(experts * h, 0.1)));
-    t.push(("bias".into(), "F32", vec![experts], rng.f32(experts, 0.01)));
-    t.push(("lm_head.weight".into(), "BF16", vec![vocab, h], rng.bf16(vocab * h, 0.05)));
-    t.push(("norm".into(), "BF16", vec![h], rng.bf16(h, 2.0)));
-    let path = std::env::temp_dir().join("glmv-decode-bench.safetensors");
-    let store = write(&path, t);
+    // GLM-4.5V-FP8's config cut to two text layers (layer 0 dense, layer 1 MoE), its weights made on the device as
+    // `--load-format dummy` makes them: the real shapes, dtypes and scale layout, without a pass through the host.
+    let mut json = KnownModel::Glm45v.config_json(Precision::Fp8).unwrap();
+    json["text_config"]["num_hidden_layers"] = 2.into();
+    let config = ModelConfig::from_json(&json, None).unwrap();
+    let text = &config.text;
+    let m = text.moe.as_ref().expect("GLM-4.5V's layers past the first are MoE");
+    let (h, heads, kv, d) = (text.hidden_size, text.num_attention_heads, text.num_key_value_heads, text.head_dim);
+    let (inter, moe_inter, experts, vocab) =
+        (text.intermediate_size, m.moe_intermediate_size, m.n_routed_experts, text.vocab_size);
+    let store = WeightStore::dummy(&config, 1);
+    let dense_layer = "model.language_model.layers.0";
+    let moe_layer = "model.language_model.layers.1";
     // The layer's projections, their inputs exact or quantised to FP8 per token (`--fp8-activations checkpoint`).
     let layer = |input: InputQuant| {
         let lin = |name: &str, o: usize, i: usize, bias: bool| {
@@ -124,27 +57,44 @@ fn main() {
             gate_up: vec![lin(&format!("{name}.gate_proj"), i, h, false), lin(&format!("{name}.up_proj"), i, h, false)],
             down: lin(&format!("{name}.down_proj"), h, i, false),
         };
-        let qkv = be.linear(&[lin("q", heads * d, h, true), lin("k", kv * d, h, true), lin("v", kv * d, h, true)]);
+        let attn = format!("{moe_layer}.self_attn");
+        let qkv = be.linear(&[
+            lin(&format!("{attn}.q_proj"), heads * d, h, true),
+            lin(&format!("{attn}.k_proj"), kv * d, h, true),
+            lin(&format!("{attn}.v_proj"), kv * d, h, true),
+        ]);
         let moe = be.experts(&ExpertsSource {
-            router: store.get("router").unwrap(),
-            correction_bias: Some(store.get("bias").unwrap()),
-            experts: (0..experts).map(|e| mlp(&format!("e{e}"), moe_inter)).collect(),
-            shared: Some(mlp("shared", moe_inter)),
-            routing: Routing { top_k: 8, n_group: 1, topk_group: 1, norm_topk_prob: true, routed_scaling_factor: 1.0 },
+            router: store.get(&format!("{moe_layer}.mlp.gate.weight")).unwrap(),
+            correction_bias: Some(store.get(&format!("{moe_layer}.mlp.gate.e_score_correction_bias")).unwrap()),
+            experts: (0..experts).map(|e| mlp(&format!("{moe_layer}.mlp.experts.{e}"), moe_inter)).collect(),
+            shared: Some(mlp(&format!("{moe_layer}.mlp.shared_experts"), moe_inter * m.n_shared_experts)),
+            routing: Routing {
+                top_k: m.num_experts_per_tok,
+                n_group: m.n_group,
+                topk_group: m.topk_group,
+                norm_topk_prob: m.norm_topk_prob,
+                routed_scaling_factor: m.routed_scaling_factor as f32,
+            },
         });
         (
             qkv.unwrap(),
-            be.linear(&[lin("o", h, heads * d, false)]).unwrap(),
-            be.mlp(&mlp("dense", inter)).unwrap(),
+            be.linear(&[lin(&format!("{attn}.o_proj"), h, heads * d, false)]).unwrap(),
+            be.mlp(&mlp(&format!("{dense_layer}.mlp"), inter)).unwrap(),
             moe.unwrap(),
         )
     };
+    let started = Instant::now();
     let (qkv, o_proj, dense, moe) = layer(InputQuant::Exact);
     let quantized = layer(InputQuant::Fp8 { group: None });
     let lin = |name: &str, o: usize, i: usize, bias: bool| store.linear(name, o, i, bias, None).unwrap();
     let lm_head = be.linear(&[lin("lm_head", vocab, h, false)]).unwrap();
-    let norm = be.vector(&store.get("norm").unwrap()).unwrap();
-    let _ = std::fs::remove_file(&path);
+    let norm = be.vector(&store.get("model.language_model.norm.weight").unwrap()).unwrap();
+    be.synchronize().unwrap();
+    eprintln!(
+        "weights (a dense and a MoE layer, twice, and lm_head) made on the device in {:.2} s, {:.2} GB on the host",
+        started.elapsed().as_secs_f64(),
+        store.dummy_bytes_made_on_host().unwrap_or(0) as f64 / 1e9
+    );
 
     let shape = AttentionShape { num_heads: heads, num_kv_heads: kv, head_dim: d, scale: (d as f32).powf(-0.5) };
     let rope = Rope {
