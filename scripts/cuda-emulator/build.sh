@@ -37,6 +37,8 @@ build_module() {   # build_module SOURCE DIR: DIR/<stem>.so with a table of the 
     echo 'extern "C" const GlmvEmuKernel glmv_emu_kernels[] = {'
     nm -g --defined-only "$obj" | awk '$2 == "T" && $3 !~ /^_/ { print "    GLMV_EMU_KERNEL(" $3 ")," }'
     echo '    {nullptr, nullptr, nullptr, nullptr}};'
+    # Makes the calling thread's copy of the module's __shared__ arrays exist, for the runtime to poison per block.
+    echo 'extern "C" void glmv_emu_touch_shared() { static thread_local volatile char anchor; anchor = 0; }'
   } > "$table"
   "$CXX" "${FLAGS[@]}" "${KERNEL_CHECKS[@]}" -DGLMV_CUDA_EMULATOR -include device.h -I "$ROOT/kernels-cuda" \
     -I "$(dirname "$src")" -c -x c++ "$table" -o "$table.o"

@@ -15,7 +15,8 @@
 
 // Function-space qualifiers mean nothing on the host. Shared memory is per block: each block runs all its threads
 // on one worker thread (as fibers), and a worker runs one block at a time, so a thread_local static is exactly one
-// copy per running block. It is not cleared between blocks (real shared memory starts undefined, too).
+// copy per running block. The runtime fills it with 0xff bytes before each block (real shared memory starts undefined;
+// see runtime.cpp poison_shared).
 #undef __global__
 #undef __device__
 #undef __host__

@@ -15,8 +15,9 @@
 // A failed launch returns CUDA_ERROR_LAUNCH_FAILED, CUDA_ERROR_ILLEGAL_ADDRESS or CUDA_ERROR_MISALIGNED_ADDRESS from
 // cuLaunchKernel and prints why.
 #include <cuda.h>
-#include <dlfcn.h>
 #include <dirent.h>
+#include <dlfcn.h>
+#include <link.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -80,10 +81,15 @@ constexpr size_t STACK_BYTES = 256 * 1024;
 struct Module {
   void* handle;
   const GlmvEmuKernel* kernels;
+  // The module's thread_locals are its kernels' __shared__ arrays (device.h): touch_shared makes the calling thread's
+  // copy exist, shared_bytes is their size (the module's PT_TLS segment).
+  void (*touch_shared)();
+  size_t shared_bytes;
 };
 
 struct Launch {
   const GlmvEmuKernel* kernel;
+  const Module* module;
   void* bound;
   dim3 grid, block;
   uint64_t blocks;
@@ -232,7 +238,18 @@ void complete_collective(Worker& w, Warp& wp) {
   wp.arrived = 0;
 }
 
+// Real shared memory starts each block undefined. Here it starts as 0xff bytes (NaN as f32, BF16 and FP8, all ones as
+// an index), so a kernel that reads what no thread of its block wrote computes NaN or faults, instead of quietly
+// reusing the previous block's values (which a GPU may or may not have left there).
+void poison_shared(const Module* m) {
+  if (m == nullptr || m->shared_bytes == 0 || m->touch_shared == nullptr) return;
+  m->touch_shared();
+  void* shared = nullptr;
+  if (dlinfo(m->handle, RTLD_DI_TLS_DATA, &shared) == 0 && shared != nullptr) memset(shared, 0xff, m->shared_bytes);
+}
+
 void run_block(Worker& w, Launch& launch, uint64_t linear_block) {
+  poison_shared(launch.module);
   dim3 g = launch.grid, b = launch.block;
   w.block_idx = uint3{static_cast<unsigned>(linear_block % g.x), static_cast<unsigned>(linear_block / g.x % g.y),
                       static_cast<unsigned>(linear_block / ((uint64_t)g.x * g.y))};
@@ -632,6 +649,25 @@ CUresult host_copy(CUstream s, const void* host, std::function<CUresult()> op) {
   return on_stream(s, std::move(op));
 }
 
+// The size of a loaded module's thread-local segment (0 without one).
+size_t tls_segment_bytes(void* handle) {
+  size_t modid = 0;
+  if (dlinfo(handle, RTLD_DI_TLS_MODID, &modid) != 0 || modid == 0) return 0;
+  struct Query {
+    size_t modid, bytes;
+  } q{modid, 0};
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* data) {
+        auto* q = static_cast<Query*>(data);
+        if (info->dlpi_tls_modid != q->modid) return 0;
+        for (int i = 0; i < info->dlpi_phnum; ++i)
+          if (info->dlpi_phdr[i].p_type == PT_TLS) q->bytes = info->dlpi_phdr[i].p_memsz;
+        return 1;
+      },
+      &q);
+  return q.bytes;
+}
+
 void load_modules(Driver& d) {
   const char* dir = getenv("GLMV_EMU_MODULES");
   if (dir == nullptr) {
@@ -657,7 +693,8 @@ void load_modules(Driver& d) {
       continue;
     }
     auto* table = static_cast<const GlmvEmuKernel*>(dlsym(h, "glmv_emu_kernels"));
-    if (table != nullptr) d.modules.push_back(Module{h, table});
+    auto* touch = reinterpret_cast<void (*)()>(dlsym(h, "glmv_emu_touch_shared"));
+    if (table != nullptr) d.modules.push_back(Module{h, table, touch, tls_segment_bytes(h)});
   }
   closedir(dp);
 }
@@ -711,9 +748,19 @@ Profile* profile() {
 
 void print_profile() { delete profile(); }
 
+const Module* module_of(const GlmvEmuKernel* k) {
+  for (const Module& m : driver().modules) {
+    const GlmvEmuKernel* end = m.kernels;
+    while (end->name != nullptr) ++end;
+    if (k >= m.kernels && k < end) return &m;
+  }
+  return nullptr;
+}
+
 CUresult launch(const GlmvEmuKernel* k, dim3 grid, dim3 block, void* bound) {
   Launch l;
   l.kernel = k;
+  l.module = module_of(k);
   l.bound = bound;
   l.grid = grid;
   l.block = block;

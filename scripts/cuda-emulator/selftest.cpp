@@ -122,6 +122,17 @@ void mistakes() {
   }
   check(stale, "a read of shared memory without the barrier before it gives a stale value");
 
+  // Blocks that write all of their shared memory, then blocks on the same workers that write half of it.
+  CUdeviceptr slots;
+  cuMemAlloc(&slots, 8 * 64 * 4);
+  int all = 64, half = 32;
+  launch(function("unwritten_shared"), 8, 64, {&all, &slots});
+  launch(function("unwritten_shared"), 8, 64, {&half, &slots});
+  auto read = download<float>(slots, 8 * 64);
+  bool poisoned = true;
+  for (int i = 0; i < 8 * 64; ++i) poisoned &= i % 64 < 32 ? read[i] == 1.0f : std::isnan(read[i]);
+  check(poisoned, "shared memory no thread of the block wrote reads as NaN, not as the previous block's values");
+
   CUdeviceptr small;
   cuMemAlloc(&small, 100 * 4);
   int n = 100;

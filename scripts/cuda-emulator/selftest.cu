@@ -24,6 +24,14 @@ extern "C" __global__ void missing_barrier(int* out) {
   out[threadIdx.x] = slot[(threadIdx.x + 1) % blockDim.x];
 }
 
+// Wrong unless `written` is blockDim.x: reads shared memory that only the first `written` threads wrote.
+extern "C" __global__ void unwritten_shared(int written, float* out) {
+  __shared__ float slot[64];
+  if ((int)threadIdx.x < written) slot[threadIdx.x] = 1.0f;
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = slot[threadIdx.x];
+}
+
 // Wrong: writes one element past its buffer.
 extern "C" __global__ void past_the_end(float* out, int n) { out[threadIdx.x + n - (int)blockDim.x + 1] = 1.0f; }
 
