@@ -58,7 +58,7 @@ impl DummyTensor {
 
 impl Fill {
     /// Bytes made from one random word.
-    fn word_bytes(self) -> usize {
+    pub(crate) fn word_bytes(self) -> usize {
         match self {
             Fill::Fp8Codes | Fill::F32Uniform(_) => 8,
             Fill::Bf16Uniform(_) => 4,

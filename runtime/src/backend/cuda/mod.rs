@@ -229,7 +229,8 @@ impl CudaBackend {
     }
 
     /// A weight's bytes on the device. A dummy tensor's random values are made there (`dummy_fill`, the same bytes
-    /// the host would make) instead of on the host and copied: GLM-4.5V-FP8's 108 GB in a fraction of a second.
+    /// the host would make): one write pass over device memory instead of making GLM-4.5V-FP8's 108 GB on the host's
+    /// cores and copying them over PCIe.
     fn upload_weight(&self, bytes: &MappedBytes) -> Result<CudaSlice<u8>> {
         let Some(recipe) = bytes.recipe() else { return self.upload_slice(bytes) };
         let kind = match recipe.fill {
@@ -244,9 +245,10 @@ impl CudaBackend {
         let op = self.ptr(&out);
         let mut b = self.stream.launch_builder(&self.k.dummy_fill);
         b.arg(&op).arg(&n).arg(&seed).arg(&kind.0).arg(&kind.1);
-        let threads = n.div_ceil(if kind.0 == 1 { 4 } else { 8 });
+        // One thread per random word; the kernel strides over the rest.
+        let words = n.div_ceil(recipe.fill.word_bytes());
         let cfg =
-            LaunchConfig { grid_dim: (threads.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1), ..self.launch_rows(1) };
+            LaunchConfig { grid_dim: (words.div_ceil(256).clamp(1, 1 << 16) as u32, 1, 1), ..self.launch_rows(1) };
         // SAFETY: matches kernels-cuda/elementwise.cu dummy_fill, which writes the n bytes of `out`.
         unsafe { b.launch(cfg) }.map_err(device_err)?;
         Ok(out)
