@@ -81,6 +81,7 @@ constexpr size_t STACK_BYTES = 256 * 1024;
 struct Module {
   void* handle;
   const GlmvEmuKernel* kernels;
+  const GlmvEmuKernel* kernels_end;  // the table's null entry
   // The module's thread_locals are its kernels' __shared__ arrays (device.h): touch_shared makes the calling thread's
   // copy exist, shared_bytes is their size (the module's PT_TLS segment).
   void (*touch_shared)();
@@ -694,7 +695,10 @@ void load_modules(Driver& d) {
     }
     auto* table = static_cast<const GlmvEmuKernel*>(dlsym(h, "glmv_emu_kernels"));
     auto* touch = reinterpret_cast<void (*)()>(dlsym(h, "glmv_emu_touch_shared"));
-    if (table != nullptr) d.modules.push_back(Module{h, table, touch, tls_segment_bytes(h)});
+    if (table == nullptr) continue;
+    const GlmvEmuKernel* end = table;
+    while (end->name != nullptr) ++end;
+    d.modules.push_back(Module{h, table, end, touch, tls_segment_bytes(h)});
   }
   closedir(dp);
 }
@@ -749,11 +753,8 @@ Profile* profile() {
 void print_profile() { delete profile(); }
 
 const Module* module_of(const GlmvEmuKernel* k) {
-  for (const Module& m : driver().modules) {
-    const GlmvEmuKernel* end = m.kernels;
-    while (end->name != nullptr) ++end;
-    if (k >= m.kernels && k < end) return &m;
-  }
+  for (const Module& m : driver().modules)
+    if (k >= m.kernels && k < m.kernels_end) return &m;
   return nullptr;
 }
 

@@ -205,7 +205,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// Random word `i` of the tensor seeded `seed`: splitmix64's `i`-th output (kernels-cuda/elementwise.cu
 /// dummy_word makes the same).
-pub(crate) fn word(seed: u64, i: u64) -> u64 {
+fn word(seed: u64, i: u64) -> u64 {
     let mut z = seed.wrapping_add((i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
